@@ -1,0 +1,50 @@
+"""Multi-task data sources and the registry keyed by SOURCE spec strings.
+
+Spec strings: `digits` · `shapes[:n=…,size=…,seed=…]` · `folder:PATH` · `celeba:PATH` ·
+`utkface:PATH` · `chestxray14:PATH` · `nyuv2:PATH` · a path to an mtlue store.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+from mtlue.data.base import Batch, Sample, Source, SourceDataset, TaskSpec
+from mtlue.errors import SourceError
+
+# short name -> "module:Class"; imported on first use so `import mtlue.data` stays cheap.
+SOURCES = {
+    "digits": "mtlue.data.digits:DigitsSource",
+    "shapes": "mtlue.data.shapes:ShapesSource",
+    "folder": "mtlue.data.folder:FolderSource",
+    "celeba": "mtlue.data.celeba:CelebASource",
+    "utkface": "mtlue.data.utkface:UTKFaceSource",
+    "chestxray14": "mtlue.data.chestxray14:ChestXray14Source",
+    "shards": "mtlue.data.shards:ShardSource",
+}
+
+
+def source_class(name: str):
+    if name not in SOURCES:
+        raise SourceError(f"unknown source {name!r} (known: {', '.join(sorted(SOURCES))}, or a store path)")
+    module_name, class_name = SOURCES[name].split(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def parse_spec(spec: str) -> tuple[str, str | None]:
+    """Split `name[:arg]` into (name, arg); a directory holding manifest.json is a store."""
+    if os.path.isfile(os.path.join(spec, "manifest.json")):
+        return "shards", spec
+    name, _, arg = spec.partition(":")
+    if name not in SOURCES and (os.sep in spec or os.path.exists(spec)):
+        raise SourceError(f"{spec}: not a known source and not an mtlue store (no manifest.json)")
+    return name, (arg or None)
+
+
+def open_source(spec: str, seed: int | None = None) -> Source:
+    """Build the Source a spec string names. `seed` overrides a source's own default seed."""
+    name, arg = parse_spec(spec)
+    return source_class(name).from_spec(arg, seed=seed)
+
+
+__all__ = ["Batch", "Sample", "Source", "SourceDataset", "TaskSpec", "SOURCES", "open_source", "parse_spec", "source_class"]

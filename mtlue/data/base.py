@@ -1,0 +1,173 @@
+"""Task specifications, samples, and the Source interface every dataset implements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from mtlue.errors import SourceError
+
+TASK_KINDS = ("binary", "multiclass", "regression", "segmentation", "depth", "normal")
+CLASS_KINDS = ("binary", "multiclass")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task of a multi-task dataset.
+
+    `num_classes` is the number of label values for binary (always 2), multiclass and
+    segmentation tasks; 1 for regression and depth; 3 for surface normals.
+    """
+
+    name: str
+    kind: str
+    num_classes: int
+
+    def __post_init__(self):
+        if self.kind not in TASK_KINDS:
+            raise SourceError(f"task {self.name!r}: unknown kind {self.kind!r} (one of {', '.join(TASK_KINDS)})")
+        if self.kind == "binary" and self.num_classes != 2:
+            raise SourceError(f"task {self.name!r}: a binary task has num_classes=2, got {self.num_classes}")
+
+    @property
+    def is_classification(self) -> bool:
+        return self.kind in CLASS_KINDS
+
+    @property
+    def output_dim(self) -> int:
+        """Width of the model head: 1 logit for binary, C logits for multiclass, 1 for regression."""
+        return 1 if self.kind in ("binary", "regression", "depth") else self.num_classes
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "num_classes": self.num_classes}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "TaskSpec":
+        return cls(name=d["name"], kind=d["kind"], num_classes=int(d["num_classes"]))
+
+
+@dataclass
+class Sample:
+    """One sample: stable global `index`, uint8 H×W×C image, labels and missing-label mask."""
+
+    index: int
+    image: np.ndarray
+    labels: dict
+    mask: dict = field(default_factory=dict)
+
+
+@dataclass
+class Batch:
+    """A run of samples as arrays: index (N,), images (N,H,W,C) uint8, labels/masks per task."""
+
+    index: np.ndarray
+    images: np.ndarray
+    labels: dict
+    masks: dict
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+
+def label_dtype(task: TaskSpec):
+    return np.int64 if task.is_classification or task.kind == "segmentation" else np.float32
+
+
+class Source:
+    """A multi-task dataset with named splits ('train', 'test').
+
+    Subclasses set `name`, `tasks` and `image_shape` and implement `size` and `get`.
+    Samples are addressed by position 0..size-1 within a split; `Sample.index` is the
+    stable global id. Sources hold no open file handles so they pickle into workers.
+    """
+
+    name: str = "source"
+    tasks: tuple = ()
+    image_shape: tuple = (0, 0, 0)
+    spec_help: str = ""  # e.g. "celeba:PATH", shown by `mtlue datasets`
+    summary: str = ""  # one line: what the source is and how it splits
+
+    @classmethod
+    def from_spec(cls, arg: str | None, seed: int | None = None) -> "Source":
+        """Build from the part of the spec string after `name:` (None when absent)."""
+        raise NotImplementedError
+
+    @classmethod
+    def task_help(cls) -> list:
+        """Lines describing the tasks for `mtlue datasets` (no data is read)."""
+        return []
+
+    def splits(self) -> tuple:
+        return ("train", "test")
+
+    def size(self, split: str) -> int:
+        raise NotImplementedError
+
+    def get(self, split: str, position: int) -> Sample:
+        raise NotImplementedError
+
+    def task(self, name: str) -> TaskSpec:
+        for t in self.tasks:
+            if t.name == name:
+                return t
+        raise SourceError(f"{self.name}: no task {name!r} (tasks: {', '.join(t.name for t in self.tasks)})")
+
+    def check_split(self, split: str) -> None:
+        if split not in self.splits():
+            raise SourceError(f"{self.name}: no split {split!r} (splits: {', '.join(self.splits())})")
+
+    def batches(self, split: str, batch_size: int = 256, start: int = 0, stop: int | None = None) -> Iterator[Batch]:
+        """Yield consecutive samples of a split as Batch arrays (memory bounded by one batch)."""
+        self.check_split(split)
+        stop = self.size(split) if stop is None else stop
+        for lo in range(start, stop, batch_size):
+            samples = [self.get(split, i) for i in range(lo, min(lo + batch_size, stop))]
+            yield collate_samples(samples, self.tasks)
+
+    def dataset(self, split: str) -> "SourceDataset":
+        self.check_split(split)
+        return SourceDataset(self, split)
+
+    def label_array(self, split: str, task: str) -> tuple[np.ndarray, np.ndarray]:
+        """All labels and masks of one task in a split (used for class balance and floors)."""
+        labels, masks = [], []
+        for batch in self.batches(split, 1024):
+            labels.append(batch.labels[task])
+            masks.append(batch.masks[task])
+        return np.concatenate(labels), np.concatenate(masks)
+
+
+def collate_samples(samples: list, tasks) -> Batch:
+    index = np.asarray([s.index for s in samples], dtype=np.int64)
+    images = np.stack([s.image for s in samples]).astype(np.uint8, copy=False)
+    labels, masks = {}, {}
+    for t in tasks:
+        labels[t.name] = np.stack([np.asarray(s.labels[t.name]) for s in samples]).astype(label_dtype(t))
+        masks[t.name] = np.asarray([bool(s.mask.get(t.name, True)) for s in samples], dtype=bool)
+    return Batch(index, images, labels, masks)
+
+
+def sample_to_item(sample: Sample, tasks) -> dict:
+    """A training item: uint8 C×H×W image tensor, per-task label and mask tensors, index."""
+    image = torch.from_numpy(np.ascontiguousarray(sample.image.transpose(2, 0, 1)))
+    labels = {t.name: torch.as_tensor(np.asarray(sample.labels[t.name]).astype(label_dtype(t))) for t in tasks}
+    masks = {t.name: torch.as_tensor(bool(sample.mask.get(t.name, True))) for t in tasks}
+    return {"index": torch.as_tensor(sample.index, dtype=torch.int64), "image": image, "labels": labels, "masks": masks}
+
+
+class SourceDataset(torch.utils.data.Dataset):
+    """A torch Dataset over one split of a Source; items as `sample_to_item` builds them."""
+
+    def __init__(self, source: Source, split: str):
+        self.source = source
+        self.split = split
+        self.tasks = source.tasks
+
+    def __len__(self) -> int:
+        return self.source.size(self.split)
+
+    def __getitem__(self, position: int) -> dict:
+        return sample_to_item(self.source.get(self.split, int(position)), self.tasks)

@@ -1,0 +1,1 @@
+"""Victim multi-task networks, task losses and the MTL-UE generator."""
