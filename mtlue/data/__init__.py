@@ -44,7 +44,9 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
 def open_source(spec: str, seed: int | None = None) -> Source:
     """Build the Source a spec string names. `seed` overrides a source's own default seed."""
     name, arg = parse_spec(spec)
-    return source_class(name).from_spec(arg, seed=seed)
+    source = source_class(name).from_spec(arg, seed=seed)
+    source.spec = spec if seed is None else f"{spec} (seed {seed})"  # identifies the data in fingerprints
+    return source
 
 
 __all__ = ["Batch", "Sample", "Source", "SourceDataset", "TaskSpec", "SOURCES", "open_source", "parse_spec", "source_class"]

@@ -1,0 +1,251 @@
+"""Image files plus a label table: the generic `folder:PATH` source and the base of the official layouts.
+
+`folder:PATH` reads `PATH/labels.csv` (column `file`, optional `split`, one column per task) and an
+optional `PATH/tasks.json` declaring task kinds; everything else is inferred from the labels.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import numpy as np
+
+from mtlue.data.base import Sample, Source, TaskSpec, label_dtype
+from mtlue.errors import SourceError
+
+TEST_FRACTION = 0.2
+
+
+def one_line(error: Exception) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def read_image(path: str, mode: str, size: tuple | None = None, crop: tuple | None = None) -> np.ndarray:
+    """Decode an image file as uint8 H×W×C: convert to `mode`, centre-crop to `crop` (w, h), resize to `size` (w, h)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as opened:
+            image = opened.convert(mode)
+    except (OSError, ValueError, SyntaxError) as error:  # PIL raises these for truncated / unknown files
+        raise SourceError(f"{path}: unreadable image ({one_line(error)})") from None
+    if crop is not None and image.size != tuple(crop):
+        left, top = (image.size[0] - crop[0]) // 2, (image.size[1] - crop[1]) // 2
+        image = image.crop((left, top, left + crop[0], top + crop[1]))
+    if size is not None and image.size != tuple(size):
+        image = image.resize(tuple(size), Image.BILINEAR)
+    array = np.asarray(image, dtype=np.uint8)
+    return array[..., None] if array.ndim == 2 else array
+
+
+def seeded_split(num_rows: int, seed: int, test_fraction: float = TEST_FRACTION) -> dict:
+    """Rows of a deterministic train/test split: a seeded permutation's first `test_fraction` is test."""
+    permutation = np.random.default_rng(seed).permutation(num_rows)
+    num_test = int(round(num_rows * test_fraction))
+    if num_rows >= 2:
+        num_test = min(max(num_test, 1), num_rows - 1)
+    return {"train": np.sort(permutation[num_test:]), "test": np.sort(permutation[:num_test])}
+
+
+def require_path(source_name: str, path: str, directory: bool = False) -> None:
+    exists = os.path.isdir(path) if directory else os.path.isfile(path)
+    if not exists:
+        raise SourceError(f"{source_name}: missing {'folder' if directory else 'file'} {path}")
+
+
+def require_root(source_name: str, arg: str | None) -> str:
+    if not arg:
+        raise SourceError(f"{source_name}: needs a path, as in {source_name}:PATH")
+    require_path(source_name, arg, directory=True)
+    return arg
+
+
+class ImageFileSource(Source):
+    """A Source over image files listed row by row with in-memory label arrays.
+
+    `files[row]` is relative to `image_root`; `split_rows[split]` lists the rows of a split in order;
+    `labels[task]` / `masks[task]` are arrays over all rows. `Sample.index` is the row.
+    Subclasses set these and `image_shape`, and may override `read_row` for their preprocessing.
+    """
+
+    def __init__(self, image_root: str, files: list, split_rows: dict, tasks: tuple, labels: dict, masks: dict,
+                 image_shape: tuple):
+        self.image_root = image_root
+        self.files = files
+        self.split_rows = {split: np.asarray(rows, dtype=np.int64) for split, rows in split_rows.items()}
+        self.tasks = tuple(tasks)
+        self.labels = labels
+        self.masks = masks
+        self.image_shape = tuple(image_shape)
+
+    def size(self, split: str) -> int:
+        self.check_split(split)
+        return len(self.split_rows[split])
+
+    def image_mode(self) -> str:
+        return "L" if self.image_shape[2] == 1 else "RGB"
+
+    def read_row(self, row: int) -> np.ndarray:
+        height, width = self.image_shape[:2]
+        return read_image(os.path.join(self.image_root, self.files[row]), self.image_mode(), size=(width, height))
+
+    def get(self, split: str, position: int) -> Sample:
+        self.check_split(split)
+        if not 0 <= position < self.size(split):
+            raise IndexError(f"{self.name} {split}: position {position} out of range 0..{self.size(split) - 1}")
+        row = int(self.split_rows[split][position])
+        labels = {t.name: self.labels[t.name][row].item() for t in self.tasks}
+        mask = {t.name: bool(self.masks[t.name][row]) for t in self.tasks}
+        return Sample(row, self.read_row(row), labels, mask)
+
+    def label_array(self, split: str, task: str) -> tuple[np.ndarray, np.ndarray]:
+        """Labels come from the label table; no image is read."""
+        self.check_split(split)
+        spec = self.task(task)
+        rows = self.split_rows[split]
+        return self.labels[task][rows].astype(label_dtype(spec)), self.masks[task][rows].copy()
+
+
+def load_task_declarations(path: str) -> list:
+    """tasks.json as a list of TaskSpec: `{"task": {"kind": .., "num_classes": ..}}` or a list of such dicts."""
+    try:
+        with open(path) as handle:
+            declared = json.load(handle)
+    except (OSError, ValueError) as error:
+        raise SourceError(f"{path}: cannot read ({one_line(error)})") from None
+    if isinstance(declared, dict):
+        declared = [{"name": name, **(spec if isinstance(spec, dict) else {"kind": spec})}
+                    for name, spec in declared.items()]
+    if not isinstance(declared, list):
+        raise SourceError(f"{path}: expected an object or a list of tasks")
+    tasks = []
+    for entry in declared:
+        if not isinstance(entry, dict) or "name" not in entry or "kind" not in entry:
+            raise SourceError(f"{path}: each task needs a name and a kind, got {entry!r}")
+        kind = entry["kind"]
+        if kind not in ("binary", "multiclass", "regression"):
+            raise SourceError(f"{path}: task {entry['name']!r}: folder supports binary, multiclass and regression, "
+                              f"got {kind!r}")
+        num_classes = entry.get("num_classes", {"binary": 2, "regression": 1}.get(kind))
+        if num_classes is None:
+            raise SourceError(f"{path}: task {entry['name']!r} of kind {kind!r} needs num_classes")
+        tasks.append(TaskSpec(str(entry["name"]), kind, int(num_classes)))
+    return tasks
+
+
+def infer_task(csv_path: str, column: str, cells: list) -> TaskSpec:
+    """Kind from the non-empty values: all in {0,1} → binary, non-negative ints → multiclass, numbers → regression."""
+    values = [cell for cell in cells if cell != ""]
+    if not values:
+        raise SourceError(f"{csv_path}: column {column!r} has no labels")
+    try:
+        integers = [int(v) for v in values]
+    except ValueError:
+        integers = None
+    if integers is not None and min(integers) >= 0:
+        top = max(integers)
+        return TaskSpec(column, "binary", 2) if top <= 1 else TaskSpec(column, "multiclass", top + 1)
+    for row, cell in enumerate(cells):
+        if cell != "":
+            try:
+                float(cell)
+            except ValueError:
+                raise SourceError(f"{csv_path}: row {row}, column {column!r}: {cell!r} is not a number") from None
+    return TaskSpec(column, "regression", 1)
+
+
+def parse_labels(csv_path: str, files: list, task: TaskSpec, cells: list) -> tuple[np.ndarray, np.ndarray]:
+    """One task's labels and masks; an empty cell is a missing label, a value outside the task's range an error."""
+    labels = np.zeros(len(cells), dtype=label_dtype(task))
+    masks = np.zeros(len(cells), dtype=bool)
+    for row, cell in enumerate(cells):
+        if cell == "":
+            continue
+        try:
+            value = int(cell) if task.is_classification else float(cell)
+        except ValueError:
+            value = None
+        if value is None or (task.is_classification and not 0 <= value < task.num_classes):
+            expected = f"0..{task.num_classes - 1}" if task.is_classification else "a number"
+            raise SourceError(f"{csv_path}: row {row} ({files[row]}), task {task.name!r}: label {cell!r} "
+                              f"outside {expected}")
+        labels[row], masks[row] = value, True
+    return labels, masks
+
+
+class FolderSource(ImageFileSource):
+    """Images plus labels.csv (`file`, optional `split`, task columns); 80/20 seeded split without `split`."""
+
+    name = "folder"
+    spec_help = "folder:PATH"
+    summary = ("images + PATH/labels.csv (file, optional split, one column per task) and optional tasks.json; "
+               "80/20 split by seed when there is no split column")
+
+    @classmethod
+    def from_spec(cls, arg: str | None, seed: int | None = None) -> "FolderSource":
+        return cls.load(require_root("folder", arg), seed=0 if seed is None else seed)
+
+    @classmethod
+    def task_help(cls) -> list:
+        return [
+            "one task per labels.csv column other than file/split, or the tasks tasks.json declares",
+            "kinds inferred: values all in {0,1} -> binary; non-negative integers -> multiclass (C = max+1); "
+            "other numbers -> regression",
+            "an empty cell is a missing label; images take the first image's size and mode (RGB or L)",
+        ]
+
+    @classmethod
+    def load(cls, root: str, seed: int = 0) -> "FolderSource":
+        csv_path = os.path.join(root, "labels.csv")
+        require_path("folder", csv_path)
+        with open(csv_path, newline="") as handle:
+            table = [[cell.strip() for cell in row] for row in csv.reader(handle) if row]
+        columns, rows = (table[0], table[1:]) if table else ([], [])
+        if "file" not in columns:
+            raise SourceError(f"{csv_path}: missing column 'file'")
+        if not rows:
+            raise SourceError(f"{csv_path}: no data rows")
+        cells_of = {column: [row[k] if k < len(row) else "" for row in rows] for k, column in enumerate(columns)}
+        files = cells_of["file"]
+        for row, name in enumerate(files):
+            if not os.path.isfile(os.path.join(root, name)):
+                raise SourceError(f"{csv_path}: row {row}: image file {name!r} not found under {root}")
+
+        tasks_path = os.path.join(root, "tasks.json")
+        if os.path.isfile(tasks_path):
+            tasks = load_task_declarations(tasks_path)
+            for task in tasks:
+                if task.name not in cells_of:
+                    raise SourceError(f"{csv_path}: missing column {task.name!r} (declared in tasks.json)")
+        else:
+            tasks = [infer_task(csv_path, c, cells_of[c]) for c in columns if c not in ("file", "split")]
+        if not tasks:
+            raise SourceError(f"{csv_path}: no task columns besides file/split")
+        labels, masks = {}, {}
+        for task in tasks:
+            labels[task.name], masks[task.name] = parse_labels(csv_path, files, task, cells_of[task.name])
+
+        if "split" in cells_of:
+            split_rows = {"train": [], "test": []}
+            for row, value in enumerate(cells_of["split"]):
+                if value not in split_rows:
+                    raise SourceError(f"{csv_path}: row {row} ({files[row]}): split {value!r} is not train or test")
+                split_rows[value].append(row)
+        else:
+            split_rows = seeded_split(len(files), seed)
+
+        first = read_image(os.path.join(root, files[0]), mode=first_image_mode(os.path.join(root, files[0])))
+        return cls(root, files, split_rows, tuple(tasks), labels, masks, first.shape)
+
+
+def first_image_mode(path: str) -> str:
+    """L for single-channel images (L, 1, I, F, LA), else RGB."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return "L" if image.mode in ("L", "1", "I", "F", "I;16", "LA") else "RGB"
+    except (OSError, ValueError, SyntaxError) as error:
+        raise SourceError(f"{path}: unreadable image ({one_line(error)})") from None
