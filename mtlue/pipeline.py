@@ -1,0 +1,201 @@
+"""`mtlue run RECIPE`: the five stages of a protection run, resumable, into `runs/<name>/`.
+
+    surrogate  clean MTL surrogate + its checkpoints (TAP target, SEP ensemble)   runs/<name>/surrogate/
+    generator  MTL-UE generator training (or a baseline's preparation)             runs/<name>/generator/
+    shards     the protected train store (the release)                             runs/<name>/store/
+    victims    weighting × {clean, protected} × defense victims                    runs/<name>/victims/
+    report     report.json, report.md, figures/*.png, verdict                      runs/<name>/report/
+
+Each stage's fingerprint covers its parameters and the fingerprints upstream of it, so
+editing a recipe re-runs exactly the stages it affects (mtlue.stages).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+
+from mtlue.errors import ConfigError
+from mtlue.recipe import Recipe, build_config
+from mtlue.stages import Stage, fingerprint, read_json
+
+STAGES = ("surrogate", "generator", "shards", "victims", "report")
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """The configs of one run, built once from the recipe."""
+
+    recipe: Recipe
+    run_dir: str
+    surrogate: object  # mtlue.train.TrainConfig
+    protect: object  # mtlue.protect.base.ProtectConfig
+    verify: object  # mtlue.verify.VerifyConfig
+
+    @property
+    def store_dir(self) -> str:
+        return os.path.join(self.run_dir, "store")
+
+    @property
+    def surrogate_dir(self) -> str:
+        return os.path.join(self.run_dir, "surrogate")
+
+
+def plan_run(recipe: Recipe, runs_dir: str = "runs") -> RunPlan:
+    """Turn recipe tables into configs; unknown keys raise ConfigError naming the table and key."""
+    from mtlue.protect.base import ProtectConfig, SurrogateConfig
+    from mtlue.train import TrainConfig
+    from mtlue.verify import VerifyConfig
+
+    where = recipe.path
+    surrogate_table = dict(recipe.surrogate)
+    num_checkpoints = int(surrogate_table.pop("num_checkpoints", SurrogateConfig.num_checkpoints))
+    surrogate = build_config(TrainConfig, surrogate_table, f"{where} [surrogate]", seed=recipe.seed)
+    if not surrogate.checkpoint_every:
+        surrogate = dataclasses.replace(surrogate, checkpoint_every=max(1, surrogate.epochs // num_checkpoints))
+    protect_table = dict(recipe.protect)
+    if "protect_tasks" in protect_table and protect_table["protect_tasks"] is not None:
+        protect_table["protect_tasks"] = tuple(protect_table["protect_tasks"])
+    surrogate_settings = SurrogateConfig(backbone=surrogate.backbone, epochs=surrogate.epochs,
+                                         batch_size=surrogate.batch_size, lr=surrogate.lr,
+                                         weight_decay=surrogate.weight_decay, num_checkpoints=num_checkpoints,
+                                         checkpoint_every=surrogate.checkpoint_every, weighting=surrogate.weighting)
+    protect = build_config(ProtectConfig, protect_table, f"{where} [protect]", seed=recipe.seed,
+                           surrogate=surrogate_settings)
+    victim = build_config(TrainConfig, recipe.victim_settings(), f"{where} [victims]", seed=recipe.seed)
+    stl = bool(recipe.victims.get("stl", False))
+    if stl:
+        victim = dataclasses.replace(victim, stl=False)
+    verify = VerifyConfig(victim=victim, weightings=recipe.weightings, defenses=recipe.defenses,
+                          defense_weightings=recipe.defense_weightings, stl=stl, margin=recipe.margin)
+    return RunPlan(recipe=recipe, run_dir=os.path.join(runs_dir, recipe.name), surrogate=surrogate,
+                   protect=protect, verify=verify)
+
+
+def _stage_params(plan: RunPlan) -> dict:
+    """Parameters of each stage (what its fingerprint covers, besides upstream fingerprints)."""
+    protect = plan.protect.to_json()
+    protect.pop("work_dir", None)
+    verify = asdict(plan.verify)
+    return {
+        "surrogate": {"source": plan.recipe.source, "train": asdict(plan.surrogate)},
+        "generator": {"protect": protect},
+        "shards": {"shard_size": plan.recipe.shard_size},
+        "victims": {"verify": verify},
+        "report": {"margin": plan.verify.margin},
+    }
+
+
+def stage_fingerprints(plan: RunPlan) -> dict:
+    params, prints, upstream = _stage_params(plan), {}, ()
+    for name in STAGES:
+        prints[name] = fingerprint(params[name], upstream)
+        upstream = upstream + (prints[name],)
+    return prints
+
+
+def check_run_dir(run_dir: str, resume: bool, fresh: bool) -> None:
+    """Refuse to touch an existing run unless the user said --resume (continue) or --fresh (start over)."""
+    if not os.path.isdir(run_dir) or not os.listdir(run_dir):
+        return
+    if fresh:
+        shutil.rmtree(run_dir)
+        return
+    if not resume:
+        raise ConfigError(f"{run_dir}: holds an earlier run; pass --resume to continue it (finished stages with "
+                          f"matching fingerprints are skipped) or --fresh to start over")
+
+
+def run_pipeline(recipe: Recipe, runs_dir: str = "runs", device=None, resume: bool = False, fresh: bool = False,
+                 progress: bool = True, log=print) -> dict:
+    """Run (or resume) every stage; returns {"verdict", "report_dir", "stages": {name: "ran"|"skipped"}}."""
+    from mtlue.data import open_source
+    from mtlue.runtime import resolve_device
+
+    plan = plan_run(recipe, runs_dir)
+    device = resolve_device(device) if device is None or isinstance(device, str) else device
+    check_run_dir(plan.run_dir, resume, fresh)
+    os.makedirs(plan.run_dir, exist_ok=True)
+    source = open_source(recipe.source)
+    params, prints = _stage_params(plan), stage_fingerprints(plan)
+    actions = {
+        "surrogate": lambda stage: _surrogate_stage(plan, source, device, stage, progress),
+        "generator": lambda stage: _generator_stage(plan, source, device, stage, progress),
+        "shards": lambda stage: _shards_stage(plan, source, device, stage, progress),
+        "victims": lambda stage: _victims_stage(plan, source, device, stage, progress),
+        "report": lambda stage: _report_stage(plan, source, stage),
+    }
+    outcome = {}
+    for name in STAGES:
+        stage = Stage(plan.run_dir, name, prints[name])
+        if stage.is_done():
+            log(f"[{name}] skipped: finished with the same fingerprint")
+            outcome[name] = "skipped"
+            continue
+        log(f"[{name}] running")
+        started = time.perf_counter()
+        stage.begin(params[name])
+        summary = actions[name](stage)
+        stage.finish(params[name], summary, time.perf_counter() - started)
+        log(f"[{name}] done in {time.perf_counter() - started:.1f} s")
+        outcome[name] = "ran"
+    report = read_json(os.path.join(plan.run_dir, "report", "report.json"))
+    return {"verdict": report.get("verdict"), "report_dir": os.path.join(plan.run_dir, "report"), "stages": outcome,
+            "report": report}
+
+
+def _surrogate_stage(plan: RunPlan, source, device, stage: Stage, progress: bool) -> dict:
+    from mtlue.train import train_model
+
+    result = train_model(plan.surrogate, source.dataset("train"), source.dataset("test"), source.tasks, device,
+                         out_dir=stage.path, progress=progress)
+    return {"mean": result.history.get("mean")}
+
+
+def _generator_config(plan: RunPlan, stage_dir: str):
+    return plan.protect.with_(work_dir=stage_dir, surrogate_path=plan.protect.surrogate_path or plan.surrogate_dir)
+
+
+def _generator_stage(plan: RunPlan, source, device, stage: Stage, progress: bool) -> dict:
+    from mtlue.protect import build_method
+    from mtlue.protect.base import ProtectContext
+
+    config = _generator_config(plan, stage.path)
+    method = build_method(config)
+    method.prepare(ProtectContext(source, config, device, stage.path, progress=progress))
+    return {"method": config.method, "base": config.base, "record": method.record()}
+
+
+def _shards_stage(plan: RunPlan, source, device, stage: Stage, progress: bool) -> dict:
+    from mtlue.protect.driver import protect_source
+
+    config = _generator_config(plan, os.path.join(plan.run_dir, "generator"))
+    manifest = protect_source(source, plan.store_dir, config, device, work_dir=config.work_dir,
+                              overwrite=True, progress=progress, shard_size=plan.recipe.shard_size)
+    return {"store": plan.store_dir, "shards": len(manifest["splits"]["train"]["shards"])}
+
+
+def _victims_stage(plan: RunPlan, source, device, stage: Stage, progress: bool) -> dict:
+    from mtlue.data import open_source
+    from mtlue.verify import train_victim_grid
+
+    rows = train_victim_grid(open_source(plan.store_dir), source, plan.verify, stage.path, device, progress)
+    return {"victims": len(rows)}
+
+
+def _report_stage(plan: RunPlan, source, stage: Stage) -> dict:
+    from mtlue.data import open_source
+    from mtlue.store import update_manifest
+    from mtlue.verify import train_victim_grid, verification_summary, write_verification
+
+    protected = open_source(plan.store_dir)
+    # every victim is finished (victims stage): this only reads their metrics.json
+    rows = train_victim_grid(protected, source, plan.verify, os.path.join(plan.run_dir, "victims"), "cpu", False)
+    result = write_verification(rows, protected, source, plan.verify, stage.path,
+                                title=f"mtlue run {plan.recipe.name}", notes={"recipe": plan.recipe.path})
+    summary = verification_summary(result)
+    update_manifest(plan.store_dir, "verification", summary)
+    return {"verdict": summary["verdict"]}

@@ -1,0 +1,140 @@
+"""`mtlue run` and `mtlue verify`: stages, fingerprints, resume, verdict exit codes."""
+
+import json
+import os
+
+import pytest
+from click.testing import CliRunner
+
+import cli
+from mtlue.errors import ConfigError
+from mtlue.pipeline import STAGES, plan_run, run_pipeline, stage_fingerprints
+from mtlue.recipe import load_recipe
+from mtlue.stages import Stage
+
+TINY_RECIPE = """
+name = "tiny"
+source = "shapes:n=96,size=16,seed=3"
+seed = 0
+[surrogate]
+backbone = "small_cnn"
+epochs = 2
+batch_size = 32
+num_checkpoints = 2
+[protect]
+method = "mtlue"
+base = "{base}"
+epochs = 2
+batch_size = 32
+generator_width = 8
+[store]
+shard_size = 40
+[victims]
+backbone = "small_cnn"
+epochs = {victim_epochs}
+batch_size = 32
+weightings = ["ew", "rlw"]
+defenses = ["none", "bdr2"]
+defense_weightings = ["ew"]
+[verify]
+margin = 10
+"""
+
+
+def write_recipe(tmp_path, base="tap", victim_epochs=1, name="tiny.toml"):
+    path = tmp_path / name
+    path.write_text(TINY_RECIPE.format(base=base, victim_epochs=victim_epochs))
+    return str(path)
+
+
+def test_recipe_change_reruns_exactly_the_affected_stages(tmp_path):
+    before = stage_fingerprints(plan_run(load_recipe(write_recipe(tmp_path, victim_epochs=1))))
+    after = stage_fingerprints(plan_run(load_recipe(write_recipe(tmp_path, victim_epochs=2, name="b.toml"))))
+    changed = [s for s in STAGES if before[s] != after[s]]
+    assert changed == ["victims", "report"]
+    other_base = stage_fingerprints(plan_run(load_recipe(write_recipe(tmp_path, base="sep", name="c.toml"))))
+    assert [s for s in STAGES if before[s] != other_base[s]] == ["generator", "shards", "victims", "report"]
+
+
+def test_recipe_with_unknown_key_names_it(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text(TINY_RECIPE.format(base="tap", victim_epochs=1).replace("generator_width = 8", "generatr_width = 8"))
+    with pytest.raises(ConfigError, match="generatr_width"):
+        plan_run(load_recipe(str(path)))
+
+
+def test_stage_is_done_only_after_finish_and_wiped_on_new_fingerprint(tmp_path):
+    stage = Stage(str(tmp_path), "victims", "a" * 64)
+    stage.begin({"x": 1})
+    (tmp_path / "victims" / "partial.txt").write_text("half")
+    assert not stage.is_done()  # a killed stage is never taken as finished
+    stage.begin({"x": 1})
+    assert (tmp_path / "victims" / "partial.txt").exists()  # same fingerprint: resumed in place
+    stage.finish({"x": 1})
+    assert stage.is_done()
+    changed = Stage(str(tmp_path), "victims", "b" * 64)
+    assert not changed.is_done()
+    changed.begin({"x": 2})
+    assert not (tmp_path / "victims" / "partial.txt").exists()
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_report(tmp_path, monkeypatch):
+    recipe = load_recipe(write_recipe(tmp_path))
+    uninterrupted = run_pipeline(recipe, str(tmp_path / "a"), device="cpu", progress=False, log=lambda _: None)
+    assert set(uninterrupted["stages"].values()) == {"ran"}
+    assert uninterrupted["verdict"] in ("PASS", "FAIL")
+
+    import mtlue.verify as verify_module
+
+    real_train = verify_module.train_model
+    calls = {"n": 0}
+
+    def dying_train(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # die inside the victims stage, after two victims finished
+            raise Interrupt()
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(verify_module, "train_model", dying_train)
+    with pytest.raises(Interrupt):
+        run_pipeline(recipe, str(tmp_path / "b"), device="cpu", progress=False, log=lambda _: None)
+    assert not os.path.exists(tmp_path / "b" / "tiny" / "report" / "report.json")
+    monkeypatch.setattr(verify_module, "train_model", real_train)
+
+    with pytest.raises(ConfigError, match="--resume"):
+        run_pipeline(recipe, str(tmp_path / "b"), device="cpu", progress=False, log=lambda _: None)
+    resumed = run_pipeline(recipe, str(tmp_path / "b"), device="cpu", resume=True, progress=False, log=lambda _: None)
+    assert resumed["stages"] == {"surrogate": "skipped", "generator": "skipped", "shards": "skipped",
+                                 "victims": "ran", "report": "ran"}
+    first = json.loads((tmp_path / "a" / "tiny" / "report" / "report.json").read_text())
+    second = json.loads((tmp_path / "b" / "tiny" / "report" / "report.json").read_text())
+    assert first["rows"] == second["rows"] and first["verdict"] == second["verdict"]
+    assert {(r["weighting"], r["defense"]) for r in first["rows"]} == {("ew", "none"), ("ew", "bdr2"), ("rlw", "none")}
+    for name in ("report.md", "figures"):
+        assert os.path.exists(tmp_path / "b" / "tiny" / "report" / name)
+    manifest = json.loads((tmp_path / "b" / "tiny" / "store" / "manifest.json").read_text())
+    assert manifest["verification"]["verdict"] == second["verdict"]
+
+    again = run_pipeline(recipe, str(tmp_path / "b"), device="cpu", resume=True, progress=False, log=lambda _: None)
+    assert set(again["stages"].values()) == {"skipped"}
+
+
+@pytest.mark.slow
+def test_verify_exits_3_when_a_release_is_learnable(tmp_path):
+    runner = CliRunner()
+    store = str(tmp_path / "clean-store")
+    spec = "shapes:n=96,size=16,seed=4"
+    assert runner.invoke(cli.main, ["export", spec, store]).exit_code == 0
+    result = runner.invoke(cli.main, ["verify", store, "--clean", spec, "--weightings", "ew", "--backbone", "small_cnn",
+                                      "--epochs", "3", "--batch-size", "32", "--margin", "0", "--device", "cpu",
+                                      "--quiet", "--out", str(tmp_path / "report")])
+    assert result.exit_code == 3, result.output
+    assert "FAIL" in result.output
+    assert (tmp_path / "report" / "report.json").is_file()
+    manifest = json.loads((tmp_path / "clean-store" / "manifest.json").read_text())
+    assert manifest["verification"]["verdict"] == "FAIL"
