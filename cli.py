@@ -7,6 +7,7 @@ one-line message and a non-zero exit status.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 
 import click
@@ -56,6 +57,393 @@ def datasets():
         click.echo(f"    {cls.summary}")
         for line in cls.task_help():
             click.echo(f"    - {line}")
+
+
+@main.command()
+@click.argument("source")
+@click.argument("store", type=click.Path(file_okay=False))
+@click.option("--shard-size", default=10000, show_default=True, type=click.IntRange(min=1),
+              help="Samples per shard file.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing store in STORE.")
+@click.option("--resume", is_flag=True, help="Finish an interrupted export: keep shards whose sha256 matches.")
+@click.option("--seed", type=int, default=None, help="Seed for sources that are generated (e.g. shapes).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@reports_errors
+def export(source, store, shard_size, overwrite, resume, seed, quiet):
+    """Write the train and test splits of SOURCE as a clean (unprotected) HDF5 shard store in STORE.
+
+    STORE gets manifest.json, <split>/shard-NNNNN-of-MMMMM.h5 (gzip+shuffle, fletcher32, sha256 in the
+    manifest) and <split>.h5, a virtual dataset over the split's shards readable with plain h5py.
+    """
+    import time
+
+    from mtlue.data import open_source
+    from mtlue.store import export_source
+
+    data = open_source(source, seed=seed)
+    started = time.perf_counter()
+    manifest = export_source(data, store, shard_size=shard_size, overwrite=overwrite, resume=resume,
+                             progress=not quiet, spec=source, seed=seed)
+    parts = [f"{split} {r['count']} samples in {len(r['shards'])} shard{'s' if len(r['shards']) != 1 else ''}"
+             for split, r in manifest["splits"].items()]
+    click.echo(f"exported {source} -> {store}: {', '.join(parts)}; "
+               f"tasks {', '.join(t['name'] for t in manifest['tasks'])} ({time.perf_counter() - started:.1f} s)")
+
+
+@main.command("inspect")
+@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.option("--verify", is_flag=True,
+              help="Check every shard's sha256, schema, counts and index ranges; exit 1 naming a bad shard.")
+@reports_errors
+def inspect_store(store, verify):
+    """Show what an mtlue store holds: splits, shards, tasks and class balance, protection record."""
+    from mtlue.store import verify_store
+    from mtlue.store.describe import describe_store
+
+    summary = verify_store(store) if verify else None  # before reading labels: a damaged shard is named
+    info = describe_store(store)
+    h, w, c = info["image_shape"]
+    src = info["source"] or {}
+    click.echo(f"store        {store}")
+    click.echo(f"source       {src.get('spec') or src.get('name') or 'unknown'}")
+    click.echo(f"image shape  {h}x{w}x{c} uint8 (H x W x C)")
+    protection = info["protection"]
+    click.echo("protection" + ("" if protection else "   none (clean export)"))
+    for key, value in (protection or {}).items():
+        click.echo(f"  {key:<22} {_short_value(value)}")
+    if info["verification"]:
+        click.echo(f"verification {_short_value(info['verification'])}")
+    click.echo("")
+    click.echo(f"{'split':<10}{'samples':>10}{'shards':>8}{'MiB':>10}")
+    for split, s in info["splits"].items():
+        click.echo(f"{split:<10}{s['samples']:>10}{s['shards']:>8}{s['bytes'] / 2**20:>10.1f}")
+    click.echo("")
+    click.echo(f"{'task':<18}{'kind':<12}{'split':<8}{'labelled':>9}  balance")
+    for task in info["tasks"]:
+        if not task["balance"]:
+            click.echo(f"{task['name']:<18}{task['kind']:<12}{'-':<8}{'-':>9}  (dense map, not summarised)")
+        for split, b in task["balance"].items():
+            if "fractions" in b:
+                balance = " ".join(f"{k}:{f:.2f}" for k, f in enumerate(b["fractions"]))
+            elif "mean" in b:
+                balance = f"mean {b['mean']:.3g} std {b['std']:.3g}"
+            else:
+                balance = "-"
+            click.echo(f"{task['name']:<18}{task['kind']:<12}{split:<8}{b['labelled']:>9.0%}  {balance}")
+    if summary is not None:
+        shards = sum(s["shards"] for s in summary["splits"].values())
+        click.echo(f"\nverified     {shards} shards OK ({', '.join(summary['checks'])})")
+
+
+def _short_value(value, width: int = 72) -> str:
+    """One line for a manifest value: long lists as their length, nested values as truncated JSON."""
+    import json
+
+    if isinstance(value, list) and len(value) > 8:
+        return f"[{len(value)} items]"
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+# ---- victim training (train) ------------------------------------------------------------
+
+
+@main.command()
+@click.argument("data")
+@click.option("--test", "test_spec", default=None, metavar="SOURCE",
+              help="Clean source whose 'test' split is evaluated (default: DATA's own test split; a protected store has none).")
+@click.option("--weighting", default="ew", show_default=True,
+              help="Task weighting: ew, uw, rlw, aligned_mtl, fairgrad (paper), dwa, gradnorm, mgda, pcgrad, cagrad.")
+@click.option("--backbone", default="resnet18", show_default=True,
+              help="resnet18, resnet50, vgg16_bn, densenet121, vit_b_16, small_cnn.")
+@click.option("--epochs", default=60, show_default=True, type=int)
+@click.option("--batch-size", default=128, show_default=True, type=int)
+@click.option("--lr", default=1e-3, show_default=True, type=float, help="Adam learning rate (weight decay 1e-4; LR x0.1 at 60% and 80% of the epochs).")
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False), help="Output directory [default: runs/train-<weighting>].")
+@click.option("--stl", is_flag=True, help="Single-task learning: one independent network per task.")
+@click.option("--grad-space", type=click.Choice(["shared", "representation"]), default="shared", show_default=True,
+              help="Gradients the gradient-based weightings combine: exact shared-parameter or representation.")
+@click.option("--checkpoint-every", default=0, show_default=True, type=int, help="Also save DIR/checkpoints/epoch_K.pt every N epochs.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA if present), cpu, cuda, cuda:1, ...")
+@click.option("--workers", default=0, show_default=True, type=int, help="DataLoader worker processes.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@reports_errors
+def train(data, test_spec, weighting, backbone, epochs, batch_size, lr, out_dir, stl, grad_space, checkpoint_every, seed,
+          device, workers, quiet):
+    """Train a victim multi-task model on DATA and test it on clean data every epoch.
+
+    DATA is any SOURCE or store. Writes DIR/metrics.json (per task and epoch, floor, peak, last,
+    mean) and DIR/model.pt, and prints the per-task table.
+    """
+    from mtlue.data import open_source
+    from mtlue.errors import ConfigError
+    from mtlue.runtime import resolve_device
+    from mtlue.train import TrainConfig, train_model
+
+    config = TrainConfig(backbone=backbone, weighting=weighting, epochs=epochs, batch_size=batch_size, lr=lr,
+                         grad_space=grad_space, stl=stl, seed=seed, num_workers=workers, checkpoint_every=checkpoint_every)
+    torch_device = resolve_device(device)
+    train_source = open_source(data)
+    test_source = open_source(test_spec) if test_spec else train_source
+    if "train" not in train_source.splits():
+        raise ConfigError(f"{data}: has no 'train' split (splits: {', '.join(train_source.splits())})")
+    if "test" not in test_source.splits():
+        raise ConfigError(f"{test_spec or data}: has no 'test' split; name a clean test source with --test SOURCE")
+    test_tasks = {t.name: t for t in test_source.tasks}
+    for task in train_source.tasks:
+        if task.name not in test_tasks:
+            raise ConfigError(f"--test {test_spec}: has no task {task.name!r} (its tasks: {', '.join(test_tasks)})")
+        if test_tasks[task.name] != task:
+            raise ConfigError(f"task {task.name!r}: {task.kind}/{task.num_classes} in DATA but "
+                              f"{test_tasks[task.name].kind}/{test_tasks[task.name].num_classes} in --test")
+    out_dir = out_dir or f"runs/train-{weighting}"
+    floor_labels = {t.name: train_source.label_array("train", t.name) for t in train_source.tasks}
+    result = train_model(config, train_source.dataset("train"), test_source.dataset("test"), train_source.tasks,
+                         torch_device, out_dir=out_dir, progress=not quiet, floor_labels=floor_labels)
+    history = result.history
+    click.echo(f"{'task':<22}{'metric':<19}{'floor':>8}{'peak':>8}{'last':>8}")
+    for task in train_source.tasks:
+        name = task.name
+        click.echo(f"{name:<22}{history['metric'][name]:<19}{history['floor'][name]:>8.4f}"
+                   f"{history['peak'][name]:>8.4f}{history['last'][name]:>8.4f}")
+    mean = history["mean"]
+    click.echo(f"{'mean':<41}{mean['floor']:>8.4f}{mean['peak']:>8.4f}{mean['last']:>8.4f}")
+    click.echo(f"wrote {out_dir}/metrics.json and {out_dir}/model.pt ({history['wall_seconds']:.0f} s on {torch_device})")
+
+
+# ---- protection (protect) ----------------------------------------------------------------
+
+
+@main.command()
+@click.argument("source")
+@click.argument("store", type=click.Path(file_okay=False))
+@click.option("--method", default="mtlue", show_default=True,
+              help="mtlue (generator) · em · tap · sep (per-sample PGD baselines) · lsp · ar (class-wise baselines).")
+@click.option("--base", type=click.Choice(["em", "tap", "sep"]), default="tap", show_default=True,
+              help="MTL-UE base loss: em (surrogate trained alternately), tap (fixed clean surrogate), "
+                   "sep (ensemble of clean-run checkpoints).")
+@click.option("--epsilon", type=float, default=8.0, show_default=True, help="L∞ budget in 1/255 units.")
+@click.option("--epochs", type=int, default=10, show_default=True, help="Generator outer iterations (cap).")
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Generator Adam learning rate.")
+@click.option("--lambda-intra", type=float, default=20.0, show_default=True,
+              help="Intra-task embedding regulariser weight (paper 20; released code 10).")
+@click.option("--lambda-inter", type=float, default=100.0, show_default=True,
+              help="Inter-task embedding regulariser weight (paper 100; released code 200).")
+@click.option("--protect-tasks", default=None, help="Comma-separated tasks to protect (default: all).")
+@click.option("--poison-rate", type=float, default=1.0, show_default=True,
+              help="Fraction of train samples that get δ (a seeded random subset).")
+@click.option("--surrogate", "surrogate_path", default=None, type=click.Path(exists=True),
+              help="Clean surrogate checkpoint (or a directory of checkpoints for SEP) instead of training one.")
+@click.option("--generator", "generator_path", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Use this trained generator checkpoint; skip generator training.")
+@click.option("--generator-width", type=int, default=64, show_default=True,
+              help="Generator stem channels (paper 64); smaller is faster on CPU.")
+@click.option("--samples-per-epoch", type=int, default=0, show_default=True,
+              help="Samples per generator outer iteration (0 = the whole train split).")
+@click.option("--surrogate-backbone", default="small_cnn", show_default=True)
+@click.option("--surrogate-epochs", type=int, default=8, show_default=True)
+@click.option("--surrogate-steps", type=int, default=2, show_default=True,
+              help="EM: surrogate mini-batches per generator outer iteration.")
+@click.option("--augment", type=click.Choice(["crop_flip", "crop", "none"]), default="crop_flip", show_default=True,
+              help="EOT augmentation of x+δ before the surrogate.")
+@click.option("--objective", type=click.Choice(["total", "dgba"]), default="total", show_default=True,
+              help="Baselines: how per-task losses combine.")
+@click.option("--steps", type=int, default=20, show_default=True, help="Baselines: PGD steps.")
+@click.option("--fusion", type=click.Choice(["average", "patch"]), default="average", show_default=True,
+              help="Class-wise baselines: how K task patterns combine.")
+@click.option("--norm", type=click.Choice(["linf", "l2"]), default="linf", show_default=True, help="Baselines: norm.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto · cpu · cuda · cuda:N.")
+@click.option("--work-dir", default=None, type=click.Path(file_okay=False),
+              help="Generator/surrogate checkpoints (default: STORE.work/ beside the store).")
+@click.option("--shard-size", type=int, default=2048, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace an existing store at STORE.")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+@reports_errors
+def protect(source, store, method, base, epsilon, epochs, batch_size, lr, lambda_intra, lambda_inter, protect_tasks,
+            poison_rate, surrogate_path, generator_path, generator_width, samples_per_epoch, surrogate_backbone, surrogate_epochs, surrogate_steps, augment,
+            objective, steps, fusion, norm, seed, device, work_dir, shard_size, overwrite, quiet):
+    """Make the train split of SOURCE unlearnable and write it as a store at STORE.
+
+    Trains (or loads) the perturbation generator, then writes round(clip(x·255 + δ·255, 0, 255))
+    for every train sample. Resumable: rerun the same command after a kill.
+    """
+    from mtlue.data import open_source
+    from mtlue.protect.base import ProtectConfig, SurrogateConfig
+    from mtlue.protect.driver import protect_source
+    from mtlue.runtime import resolve_device
+
+    tasks = tuple(t.strip() for t in protect_tasks.split(",") if t.strip()) if protect_tasks else None
+    config = ProtectConfig(method=method, base=base, epsilon=epsilon, epochs=epochs, batch_size=batch_size, lr=lr,
+                           lambda_intra=lambda_intra, lambda_inter=lambda_inter, protect_tasks=tasks,
+                           poison_rate=poison_rate, seed=seed, surrogate_path=surrogate_path,
+                           generator_path=generator_path,
+                           surrogate=SurrogateConfig(backbone=surrogate_backbone, epochs=surrogate_epochs),
+                           generator_width=generator_width, samples_per_epoch=samples_per_epoch,
+                           surrogate_steps=surrogate_steps, augment=augment, objective=objective, steps=steps,
+                           fusion=fusion, norm=norm, work_dir=work_dir)
+    manifest = protect_source(open_source(source), store, config, resolve_device(device), work_dir=work_dir,
+                              overwrite=overwrite, progress=not quiet, shard_size=shard_size)
+    record = manifest["protection"]
+    count = manifest["splits"]["train"]["count"]
+    click.echo(f"protected {count} train samples of {source} -> {store} "
+               f"(method {record['method']}{'/' + record['base'] if record.get('base') else ''}, "
+               f"ε {record['epsilon']:g}/255, poison rate {record['poison_rate']:g})")
+
+
+# ---- attacks (attack) --------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("model_path", metavar="MODEL", type=click.Path(exists=True, dir_okay=False))
+@click.argument("data", metavar="DATA")
+@click.option("--objective", default="total", show_default=True,
+              help="single:TASK, total (sum of task losses), dgba (Σ_t ∇ℓ_t/ℓ_t per sample) or signsum (Σ_t sign ∇L_t).")
+@click.option("--attack", "attack_name", type=click.Choice(["pgd", "fgsm", "apgd"]), default="pgd", show_default=True)
+@click.option("--epsilon", type=float, default=8.0, show_default=True, help="L∞ budget in 1/255 units.")
+@click.option("--alpha", type=float, default=2.0, show_default=True, help="PGD step size in 1/255 units.")
+@click.option("--steps", type=int, default=25, show_default=True, help="Iterations (PGD, APGD).")
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--limit", type=int, default=None, help="Attack only the first N test samples.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the PGD random start.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, …")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None, help="Write the report as JSON here.")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+@reports_errors
+def attack(model_path, data, objective, attack_name, epsilon, alpha, steps, batch_size, limit, seed, device, out_path,
+           quiet):
+    """Attack a trained MODEL on the test split of DATA; print clean vs adversarial metrics per task.
+
+    MODEL is a checkpoint written by `mtlue train`; DATA a SOURCE spec or store. Reports per task the
+    clean and adversarial accuracy (MAE for regression), the relative change and its mean over tasks.
+    """
+    import json
+
+    from mtlue.attacks import build_attack
+    from mtlue.attacks.evaluate import evaluate_attack, format_report, json_ready
+    from mtlue.data import open_source
+    from mtlue.errors import ConfigError
+    from mtlue.models import load_checkpoint
+    from mtlue.runtime import resolve_device, seed_everything
+
+    for option, value in (("--epsilon", epsilon), ("--alpha", alpha)):
+        if value < 0:
+            raise ConfigError(f"{option} {value:g}: must be >= 0 (1/255 units)")
+    for option, value in (("--steps", steps), ("--batch-size", batch_size), ("--limit", limit)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{option} {value}: must be >= 1")
+    torch_device = resolve_device(device)
+    generator = seed_everything(seed)
+    model, _ = load_checkpoint(model_path, torch_device)
+    source = open_source(data)
+    source.check_split("test")
+    source_tasks = {t.name: t for t in source.tasks}
+    for task in model.tasks:
+        if source_tasks.get(task.name) != task:
+            raise ConfigError(f"{model_path}: model task {task.name!r} ({task.kind}) is not a task of {data} "
+                              f"(tasks: {', '.join(source_tasks)})")
+    attacker = build_attack(attack_name, model, eps=epsilon / 255, alpha=alpha / 255, steps=steps,
+                            objective=objective, generator=generator)
+
+    def progress(done, total):
+        if not quiet:
+            click.echo(f"\r{attack_name} {objective}: {done}/{total}", nl=False, err=True)
+
+    report = evaluate_attack(model, source, attacker, "test", batch_size, limit, torch_device, progress)
+    if not quiet:
+        click.echo("", err=True)
+    report.update({"model": str(model_path), "data": data, "seed": seed})
+    click.echo(format_report(report))
+    if out_path:
+        with open(out_path, "w") as handle:
+            json.dump(json_ready(report), handle, indent=2, allow_nan=False)
+        click.echo(f"wrote {out_path}")
+
+
+# ---- verification and pipeline (verify, run) ----------------------------------------------
+
+
+def _split_names(value: str) -> tuple:
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+@main.command()
+@click.argument("store")
+@click.option("--clean", "clean_spec", required=True, help="SOURCE of the clean data (train split for the "
+              "reference victims, test split for every evaluation).")
+@click.option("--weightings", default="ew,uw,rlw,aligned_mtl,fairgrad", show_default=True,
+              help="Comma-separated task weightings to verify against.")
+@click.option("--defenses", default="none", show_default=True,
+              help="Comma-separated defenses, e.g. none,grayscale,jpeg10,bdr2,cutmix,ueraser_lite,at.")
+@click.option("--defense-weightings", default=None, help="Weightings that get the defense rows (default: all).")
+@click.option("--stl", is_flag=True, help="Also verify single-task victims (one network per task).")
+@click.option("--backbone", default="resnet18", show_default=True, help="Victim backbone.")
+@click.option("--epochs", default=60, show_default=True, type=int, help="Victim epochs.")
+@click.option("--batch-size", default=128, show_default=True, type=int)
+@click.option("--lr", default=1e-3, show_default=True, type=float)
+@click.option("--margin", default=10.0, show_default=True, type=float,
+              help="PASS when protected mean accuracy <= mean majority floor + MARGIN points.")
+@click.option("--out", "out_dir", default=None, help="Report directory [default: STORE.verify].")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+@reports_errors
+def verify(store, clean_spec, weightings, defenses, defense_weightings, stl, backbone, epochs, batch_size, lr, margin,
+           out_dir, seed, device, quiet):
+    """Check that a protected release is unlearnable: retrain victims on STORE and on clean data.
+
+    Writes report.json, report.md and figures/*.png, prints the verdict table, and appends the
+    verification summary to STORE/manifest.json. Exit 0 when protection holds, 3 when it does not.
+    """
+    from mtlue.data import open_source
+    from mtlue.report import format_verdict_text
+    from mtlue.runtime import resolve_device
+    from mtlue.store import update_manifest, verify_store
+    from mtlue.train import TrainConfig
+    from mtlue.verify import VerifyConfig, run_verification, verification_summary
+
+    verify_store(store)
+    protected, clean = open_source(store), open_source(clean_spec)
+    victim = TrainConfig(backbone=backbone, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    config = VerifyConfig(victim=victim, weightings=_split_names(weightings), defenses=_split_names(defenses),
+                          defense_weightings=_split_names(defense_weightings) if defense_weightings else None,
+                          stl=stl, margin=margin)
+    out_dir = out_dir or os.path.normpath(store) + ".verify"
+    result = run_verification(protected, clean, config, out_dir, resolve_device(device), progress=not quiet)
+    update_manifest(store, "verification", verification_summary(result))
+    click.echo(format_verdict_text(result))
+    click.echo(f"report: {os.path.join(out_dir, 'report.md')}")
+    sys.exit(0 if result.verdict_or_reason()[0] == "PASS" else 3)
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--name", default=None, help="Run name [default: the recipe's name]; output in RUNS_DIR/NAME.")
+@click.option("--runs-dir", default="runs", show_default=True)
+@click.option("--resume", is_flag=True, help="Continue an earlier run: stages whose fingerprint matches are skipped.")
+@click.option("--fresh", is_flag=True, help="Delete an earlier run of this name and start over.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@reports_errors
+def run(recipe, name, runs_dir, resume, fresh, device, quiet):
+    """Protect a dataset and prove it, as a recipe (pipelines/*.toml) says.
+
+    Stages: surrogate, generator, shards, victims, report, into RUNS_DIR/NAME/. Exit 0 on
+    verdict PASS, 3 on FAIL.
+    """
+    from mtlue.pipeline import run_pipeline
+    from mtlue.recipe import load_recipe
+    from mtlue.report import VerificationResult, format_verdict_text
+
+    if resume and fresh:
+        raise click.UsageError("--resume and --fresh exclude each other")
+    outcome = run_pipeline(load_recipe(recipe, name), runs_dir, device=device, resume=resume, fresh=fresh,
+                           progress=not quiet, log=lambda line: click.echo(line, err=True))
+    click.echo(format_verdict_text(VerificationResult.from_json(outcome["report"])))
+    click.echo(f"report: {os.path.join(outcome['report_dir'], 'report.md')}")
+    sys.exit(0 if outcome["verdict"] == "PASS" else 3)
 
 
 if __name__ == "__main__":
