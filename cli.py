@@ -67,9 +67,12 @@ def datasets():
 @click.option("--overwrite", is_flag=True, help="Replace an existing store in STORE.")
 @click.option("--resume", is_flag=True, help="Finish an interrupted export: keep shards whose sha256 matches.")
 @click.option("--seed", type=int, default=None, help="Seed for sources that are generated (e.g. shapes).")
+@click.option("--workers", default=None, type=click.IntRange(min=0),
+              help="Processes that read/generate images while the main one compresses (0: all in one process) "
+                   "[default: 1 for sources of 10,000 samples or more on a multi-core machine, else 0].")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @reports_errors
-def export(source, store, shard_size, overwrite, resume, seed, quiet):
+def export(source, store, shard_size, overwrite, resume, seed, workers, quiet):
     """Write the train and test splits of SOURCE as a clean (unprotected) HDF5 shard store in STORE.
 
     STORE gets manifest.json, <split>/shard-NNNNN-of-MMMMM.h5 (gzip+shuffle, fletcher32, sha256 in the
@@ -81,9 +84,11 @@ def export(source, store, shard_size, overwrite, resume, seed, quiet):
     from mtlue.store import export_source
 
     data = open_source(source, seed=seed)
+    if workers is None:
+        workers = 1 if (os.cpu_count() or 1) > 1 and sum(data.size(s) for s in data.splits()) >= 10000 else 0
     started = time.perf_counter()
     manifest = export_source(data, store, shard_size=shard_size, overwrite=overwrite, resume=resume,
-                             progress=not quiet, spec=source, seed=seed)
+                             progress=not quiet, spec=source, seed=seed, workers=workers)
     parts = [f"{split} {r['count']} samples in {len(r['shards'])} shard{'s' if len(r['shards']) != 1 else ''}"
              for split, r in manifest["splits"].items()]
     click.echo(f"exported {source} -> {store}: {', '.join(parts)}; "

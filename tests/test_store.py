@@ -318,3 +318,12 @@ def test_update_manifest_adds_a_key_and_keeps_the_shard_records(tiny_store):
     with pytest.raises(StoreError, match="splits"):
         update_manifest(tiny_store, "splits", {})
     assert not [n for n in os.listdir(tiny_store) if n.endswith(".tmp")]
+
+
+def test_export_with_a_worker_process_writes_the_same_bytes(tmp_path):
+    source = open_source("shapes:n=300,size=16,seed=5")
+    single = export_source(source, str(tmp_path / "one"), shard_size=128, progress=False)
+    pooled = export_source(source, str(tmp_path / "pool"), shard_size=128, progress=False, workers=1)
+    for split in ("train", "test"):
+        assert [s["sha256"] for s in single["splits"][split]["shards"]] == \
+               [s["sha256"] for s in pooled["splits"][split]["shards"]]
