@@ -138,3 +138,11 @@ def test_verify_exits_3_when_a_release_is_learnable(tmp_path):
     assert (tmp_path / "report" / "report.json").is_file()
     manifest = json.loads((tmp_path / "clean-store" / "manifest.json").read_text())
     assert manifest["verification"]["verdict"] == "FAIL"
+
+
+@pytest.mark.parametrize("name", sorted(os.listdir(os.path.join(os.path.dirname(__file__), "..", "pipelines"))))
+def test_every_shipped_recipe_builds_its_configs(name):
+    recipe = load_recipe(os.path.join(os.path.dirname(__file__), "..", "pipelines", name))
+    plan = plan_run(recipe)
+    assert plan.verify.weightings and "none" in plan.verify.defenses
+    assert len(set(stage_fingerprints(plan).values())) == len(STAGES)
