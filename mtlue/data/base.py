@@ -140,6 +140,28 @@ class Source:
         return np.concatenate(labels), np.concatenate(masks)
 
 
+class GeneratedSource(Source):
+    """A Source that builds any run of samples at once with `make_batch(split, positions)`."""
+
+    def make_batch(self, split: str, positions: np.ndarray) -> Batch:
+        raise NotImplementedError
+
+    def get(self, split: str, position: int) -> Sample:
+        self.check_split(split)
+        if not 0 <= position < self.size(split):
+            raise IndexError(f"{self.name} {split}: position {position} out of range 0..{self.size(split) - 1}")
+        batch = self.make_batch(split, np.asarray([position]))
+        labels = {name: values[0].item() if values[0].ndim == 0 else values[0] for name, values in batch.labels.items()}
+        masks = {name: bool(values[0]) for name, values in batch.masks.items()}
+        return Sample(int(batch.index[0]), batch.images[0], labels, masks)
+
+    def batches(self, split: str, batch_size: int = 256, start: int = 0, stop: int | None = None) -> Iterator[Batch]:
+        self.check_split(split)
+        stop = self.size(split) if stop is None else min(stop, self.size(split))
+        for lo in range(start, stop, batch_size):
+            yield self.make_batch(split, np.arange(lo, min(lo + batch_size, stop)))
+
+
 def collate_samples(samples: list, tasks) -> Batch:
     index = np.asarray([s.index for s in samples], dtype=np.int64)
     images = np.stack([s.image for s in samples]).astype(np.uint8, copy=False)

@@ -10,11 +10,10 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
-from typing import Iterator
 
 import numpy as np
 
-from mtlue.data.base import Batch, Sample, Source, TaskSpec
+from mtlue.data.base import Batch, GeneratedSource, TaskSpec
 from mtlue.errors import SourceError
 
 IMAGE_SIZE = 32
@@ -95,7 +94,7 @@ def compose(digit_images: np.ndarray, digit_ids: dict, rows: np.ndarray) -> np.n
     return canvas[..., None]
 
 
-class DigitsSource(Source):
+class DigitsSource(GeneratedSource):
     """Two-digit composites of the scikit-learn digits; test digits are disjoint from train digits."""
 
     name = "digits"
@@ -161,20 +160,6 @@ class DigitsSource(Source):
         labels = self.task_labels(split, rows)
         masks = {t.name: np.ones(len(rows), dtype=bool) for t in self.tasks}
         return Batch(rows.astype(np.int64) + self.index_offset(split), images, labels, masks)
-
-    def get(self, split: str, position: int) -> Sample:
-        self.check_split(split)
-        if not 0 <= position < self.size(split):
-            raise IndexError(f"digits {split}: position {position} out of range 0..{self.size(split) - 1}")
-        batch = self.make_batch(split, np.asarray([position]))
-        labels = {name: int(values[0]) for name, values in batch.labels.items()}
-        return Sample(int(batch.index[0]), batch.images[0], labels, {name: True for name in labels})
-
-    def batches(self, split: str, batch_size: int = 256, start: int = 0, stop: int | None = None) -> Iterator[Batch]:
-        self.check_split(split)
-        stop = self.size(split) if stop is None else min(stop, self.size(split))
-        for lo in range(start, stop, batch_size):
-            yield self.make_batch(split, np.arange(lo, min(lo + batch_size, stop)))
 
     def label_array(self, split: str, task: str) -> tuple[np.ndarray, np.ndarray]:
         self.check_split(split)

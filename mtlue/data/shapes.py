@@ -6,11 +6,10 @@ million images costs no memory, builds in O(1) and any shard can be regenerated 
 
 from __future__ import annotations
 
-from typing import Iterator
 
 import numpy as np
 
-from mtlue.data.base import Batch, Sample, Source, TaskSpec
+from mtlue.data.base import Batch, GeneratedSource, TaskSpec
 from mtlue.data.digits import parse_options
 from mtlue.errors import SourceError
 
@@ -110,7 +109,7 @@ def triangle_mask(dx: np.ndarray, dy: np.ndarray, radius: np.ndarray) -> np.ndar
     return (depth >= 0) & (depth <= 1) & (np.abs(dx) <= depth * np.float32(1.15) * radius)
 
 
-class ShapesSource(Source):
+class ShapesSource(GeneratedSource):
     """Seeded procedural shapes: shape, colour, size, quadrant and texture tasks; any n and size."""
 
     name = "shapes"
@@ -160,20 +159,6 @@ class ShapesSource(Source):
         labels = {name: attributes[:, k].copy() for k, name in enumerate(ATTRIBUTES)}
         masks = {name: np.ones(len(positions), dtype=bool) for name in ATTRIBUTES}
         return Batch(positions.astype(np.int64) + self.index_offset(split), images, labels, masks)
-
-    def get(self, split: str, position: int) -> Sample:
-        self.check_split(split)
-        if not 0 <= position < self.size(split):
-            raise IndexError(f"shapes {split}: position {position} out of range 0..{self.size(split) - 1}")
-        batch = self.make_batch(split, np.asarray([position]))
-        labels = {name: int(values[0]) for name, values in batch.labels.items()}
-        return Sample(int(batch.index[0]), batch.images[0], labels, {name: True for name in labels})
-
-    def batches(self, split: str, batch_size: int = 256, start: int = 0, stop: int | None = None) -> Iterator[Batch]:
-        self.check_split(split)
-        stop = self.size(split) if stop is None else min(stop, self.size(split))
-        for lo in range(start, stop, batch_size):
-            yield self.make_batch(split, np.arange(lo, min(lo + batch_size, stop)))
 
     def label_array(self, split: str, task: str) -> tuple[np.ndarray, np.ndarray]:
         """Labels need only the attribute draws, not the rendered images."""
