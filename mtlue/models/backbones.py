@@ -1,0 +1,129 @@
+"""Feature extractors for the victim networks: torchvision backbones (random init) and a small CNN.
+
+Every builder returns `(module, feature_dim)`; `module(x)` maps (B, C, H, W) to (B, feature_dim).
+Weights are never downloaded (`weights=None`). Inputs under 96 px get a CIFAR-style 3×3 stride-1
+stem without max-pool, as is usual for 32/64-px images.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mtlue.errors import ConfigError
+
+SMALL_INPUT_PX = 96  # below this a 7×7/2 stem + max-pool throws away most of the image
+
+
+class SmallCNN(nn.Module):
+    """Three conv–BN–ReLU–max-pool blocks (32, 64, 128 channels) and global average pooling."""
+
+    def __init__(self, in_channels: int = 3, widths: tuple = (32, 64, 128)):
+        super().__init__()
+        layers, channels = [], in_channels
+        for width in widths:
+            layers += [nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            channels = width
+        self.blocks = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.out_features = channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.blocks(x)).flatten(1)
+
+
+class PooledFeatures(nn.Module):
+    """A conv feature stack followed by ReLU (optional) and global average pooling."""
+
+    def __init__(self, features: nn.Module, relu: bool = False):
+        super().__init__()
+        self.features = features
+        self.relu = relu
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)
+        if self.relu:
+            x = torch.relu(x)
+        return self.pool(x).flatten(1)
+
+
+def _resnet(name: str, in_channels: int, image_size: int):
+    import torchvision
+
+    net = getattr(torchvision.models, name)(weights=None)
+    if image_size < SMALL_INPUT_PX:
+        net.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+        net.maxpool = nn.Identity()
+    elif in_channels != 3:
+        net.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
+    dim = net.fc.in_features
+    net.fc = nn.Identity()
+    return net, dim
+
+
+def _vgg16_bn(in_channels: int, image_size: int):
+    import torchvision
+
+    features = torchvision.models.vgg16_bn(weights=None).features
+    layers = list(features)
+    if in_channels != 3:
+        layers[0] = nn.Conv2d(in_channels, 64, 3, padding=1)
+    # Drop trailing max-pools that would shrink the map below 1 px (VGG halves it 5 times).
+    pools = [i for i, layer in enumerate(layers) if isinstance(layer, nn.MaxPool2d)]
+    while pools and image_size // (2 ** len(pools)) < 1:
+        layers[pools.pop()] = nn.Identity()
+    return PooledFeatures(nn.Sequential(*layers)), 512
+
+
+def _densenet121(in_channels: int, image_size: int):
+    import torchvision
+
+    net = torchvision.models.densenet121(weights=None)
+    if image_size < SMALL_INPUT_PX:
+        net.features.conv0 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+        net.features.pool0 = nn.Identity()
+    elif in_channels != 3:
+        net.features.conv0 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
+    return PooledFeatures(net.features, relu=True), net.classifier.in_features
+
+
+def vit_patch_size(image_size: int) -> int:
+    """Patch 16 from 128 px up, else 8 from 64 px, else 4 (keeps at least 8×8 tokens)."""
+    for patch in (16, 8, 4):
+        if image_size >= 8 * patch and image_size % patch == 0:
+            return patch
+    for patch in (4, 2, 1):
+        if image_size % patch == 0:
+            return patch
+    return 1
+
+
+def _vit_b_16(in_channels: int, image_size: int):
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    patch = vit_patch_size(image_size)
+    net = VisionTransformer(image_size=image_size, patch_size=patch, num_layers=12, num_heads=12, hidden_dim=768, mlp_dim=3072)
+    if in_channels != 3:
+        net.conv_proj = nn.Conv2d(in_channels, 768, patch, stride=patch)
+    net.heads = nn.Identity()
+    return net, 768
+
+
+def build_backbone(name: str, in_channels: int = 3, image_size: int = 32) -> tuple[nn.Module, int]:
+    """Feature extractor `name` for (in_channels, image_size, image_size) inputs -> (module, feature_dim)."""
+    if name == "small_cnn":
+        net = SmallCNN(in_channels)
+        return net, net.out_features
+    if name in ("resnet18", "resnet50"):
+        return _resnet(name, in_channels, image_size)
+    if name == "vgg16_bn":
+        return _vgg16_bn(in_channels, image_size)
+    if name == "densenet121":
+        return _densenet121(in_channels, image_size)
+    if name in ("vit_b_16", "vit_b"):
+        return _vit_b_16(in_channels, image_size)
+    raise ConfigError(f"--backbone {name!r}: unknown backbone (one of {', '.join(BACKBONES)})")
+
+
+BACKBONES = ("resnet18", "resnet50", "vgg16_bn", "densenet121", "vit_b_16", "small_cnn")

@@ -1,0 +1,126 @@
+"""Hard-parameter-sharing victim networks (MTL) and per-task independent networks (STL).
+
+MTL, as the MTL-UE victims: backbone → global pool → Linear(features, 256) + ELU → one head per
+task (binary: 1 logit, multiclass: C logits, regression: 1 output). Inputs are float [0, 1];
+normalisation ((x − 0.5) / 0.5) happens inside the model so attacks see [0, 1] images.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from mtlue.data.base import TaskSpec
+from mtlue.errors import ConfigError
+from mtlue.models.backbones import build_backbone
+
+SHARED_WIDTH = 256
+CHECKPOINT_SCHEMA = "mtlue-model/1"
+
+
+class MultiTaskNet(nn.Module):
+    """Shared backbone + Linear(·, 256) + ELU, then one linear head per task; forward → {task: output}."""
+
+    def __init__(self, tasks, backbone: str = "resnet18", in_channels: int = 3, image_size: int = 32):
+        super().__init__()
+        self.tasks = tuple(tasks)
+        self.backbone_name = backbone
+        self.backbone, feature_dim = build_backbone(backbone, in_channels, image_size)
+        self.shared_head = nn.Sequential(nn.Linear(feature_dim, SHARED_WIDTH), nn.ELU())
+        # Heads in a ModuleList (task order), since task names may not be valid module names.
+        self.heads = nn.ModuleList(nn.Linear(SHARED_WIDTH, t.output_dim) for t in self.tasks)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Shared representation (B, 256) of images in [0, 1]."""
+        return self.shared_head(self.backbone((x - 0.5) / 0.5))
+
+    def heads_forward(self, rep: torch.Tensor) -> dict:
+        out = {}
+        for task, head in zip(self.tasks, self.heads):
+            y = head(rep)
+            out[task.name] = y.squeeze(1) if task.output_dim == 1 else y
+        return out
+
+    def forward(self, x: torch.Tensor) -> dict:
+        return self.heads_forward(self.features(x))
+
+    def shared_parameters(self) -> list:
+        return list(self.backbone.parameters()) + list(self.shared_head.parameters())
+
+    def task_parameters(self) -> list:
+        return list(self.heads.parameters())
+
+
+class SingleTaskNets(nn.Module):
+    """STL: one independent MultiTaskNet per task; forward merges their outputs into one dict.
+
+    `features` concatenates the K representations (B, 256·K); `heads_forward` splits them again.
+    """
+
+    def __init__(self, tasks, backbone: str = "resnet18", in_channels: int = 3, image_size: int = 32):
+        super().__init__()
+        self.tasks = tuple(tasks)
+        self.backbone_name = backbone
+        self.nets = nn.ModuleList(MultiTaskNet([t], backbone, in_channels, image_size) for t in self.tasks)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([net.features(x) for net in self.nets], dim=1)
+
+    def heads_forward(self, rep: torch.Tensor) -> dict:
+        out = {}
+        for net, part in zip(self.nets, rep.split(SHARED_WIDTH, dim=1)):
+            out.update(net.heads_forward(part))
+        return out
+
+    def forward(self, x: torch.Tensor) -> dict:
+        out = {}
+        for net in self.nets:
+            out.update(net(x))
+        return out
+
+    def shared_parameters(self) -> list:
+        return [p for net in self.nets for p in net.shared_parameters()]
+
+    def task_parameters(self) -> list:
+        return [p for net in self.nets for p in net.task_parameters()]
+
+
+def build_model(tasks, backbone: str = "resnet18", in_channels: int = 3, image_size: int = 32, stl: bool = False) -> nn.Module:
+    """A randomly initialised victim for `tasks` (TaskSpec sequence); STL builds one net per task."""
+    tasks = tuple(tasks)
+    if not tasks:
+        raise ConfigError("build_model: no tasks given")
+    for t in tasks:
+        if t.kind not in ("binary", "multiclass", "regression"):
+            raise ConfigError(f"task {t.name!r}: victim heads support binary, multiclass and regression, not {t.kind!r}")
+    cls = SingleTaskNets if stl else MultiTaskNet
+    model = cls(tasks, backbone, in_channels, image_size)
+    model.build_args = {"tasks": [t.to_json() for t in tasks], "backbone": backbone, "in_channels": int(in_channels), "image_size": int(image_size), "stl": bool(stl)}
+    return model
+
+
+def save_checkpoint(model: nn.Module, path, meta: dict | None = None) -> None:
+    """Write the state dict, the build arguments and `meta` (JSON-able) to `path` (atomically)."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    payload = {"schema": CHECKPOINT_SCHEMA, "build": model.build_args, "meta": meta or {}, "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    tmp = path + ".tmp"
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the model a checkpoint describes (torch.load with weights_only=True) -> (model, meta)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path}: no such checkpoint")
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("schema") != CHECKPOINT_SCHEMA:
+        raise ConfigError(f"{path}: not an mtlue model checkpoint (schema {CHECKPOINT_SCHEMA})")
+    build = dict(payload["build"])
+    tasks = [TaskSpec.from_json(t) for t in build.pop("tasks")]
+    model = build_model(tasks, **build)
+    model.load_state_dict(payload["state_dict"])
+    return model.to(device), payload["meta"]

@@ -1,0 +1,222 @@
+"""The victim training loop: Adam + MultiStepLR, a task weighting, masked losses, per-epoch tests.
+
+Defaults follow the MTL-UE victims (Adam lr 1e-3, wd 1e-4, LR × 0.1 at 60% and 80% of the epochs,
+grad-norm clip 5). Runs on whatever device it is given; deterministic on CPU for a seed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from mtlue.errors import ConfigError
+from mtlue.metrics import best_value, majority_floor, nanmean, primary_metric, task_metrics
+from mtlue.models.losses import predictions, task_losses
+from mtlue.models.mtl import build_model, save_checkpoint
+from mtlue.runtime import seed_everything
+from mtlue.weighting import build_weighting
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a victim run (JSON-able; recorded in metrics.json)."""
+
+    backbone: str = "resnet18"
+    weighting: str = "ew"
+    epochs: int = 60
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    milestones: tuple = (0.6, 0.8)  # fractions of `epochs` where the LR drops by `gamma`
+    gamma: float = 0.1
+    grad_clip: float = 5.0
+    grad_space: str = "shared"  # "shared" (exact) | "representation"
+    grad_method: str = "auto"  # how exact per-task gradients are computed (weighting/jacobian.py)
+    grad_chunk: int = 0  # tasks per batched vector-Jacobian product (0: all K at once; lower saves memory)
+    stl: bool = False
+    seed: int = 0
+    num_workers: int = 0
+    checkpoint_every: int = 0  # save out_dir/checkpoints/epoch_{k}.pt every N epochs (SEP)
+    defense: str | None = None  # name only, recorded; the callable is passed to train_model
+    classification_metric: str = "accuracy"  # or balanced_accuracy / auc (ChestX-ray14)
+
+    def __post_init__(self):
+        if self.epochs < 1:
+            raise ConfigError(f"--epochs {self.epochs}: must be at least 1")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size {self.batch_size}: must be at least 1")
+        if self.stl and self.weighting != "ew":
+            raise ConfigError(f"--stl trains one network per task; --weighting {self.weighting!r} has nothing to weigh (use ew)")
+
+    def milestone_epochs(self) -> list:
+        return sorted({max(1, int(round(f * self.epochs))) for f in self.milestones})
+
+
+@dataclass
+class TrainResult:
+    model: torch.nn.Module
+    history: dict = field(default_factory=dict)
+
+
+def _as_dataset(data, split: str):
+    return data.dataset(split) if hasattr(data, "dataset") and hasattr(data, "splits") else data
+
+
+def _to_device(batch: dict, device: torch.device):
+    images = batch["image"].to(device, non_blocking=True).float().div_(255.0)
+    labels = {k: v.to(device, non_blocking=True) for k, v in batch["labels"].items()}
+    masks = {k: v.to(device, non_blocking=True) for k, v in batch["masks"].items()}
+    return images, labels, masks
+
+
+def evaluate(model, loader, tasks, device, classification_metric: str = "accuracy") -> tuple[dict, dict]:
+    """Test metrics per task -> ({task: {metric: value}}, {task: (labels, masks)})."""
+    model.eval()
+    preds, scores, labels, masks = ({t.name: [] for t in tasks} for _ in range(4))
+    with torch.no_grad():
+        for batch in loader:
+            images, batch_labels, batch_masks = _to_device(batch, device)
+            outputs = model(images)
+            for t in tasks:
+                preds[t.name].append(predictions(t, outputs[t.name]).cpu().numpy())
+                scores[t.name].append(outputs[t.name].float().cpu().numpy())
+                labels[t.name].append(batch_labels[t.name].cpu().numpy())
+                masks[t.name].append(batch_masks[t.name].cpu().numpy())
+    results, label_arrays = {}, {}
+    for t in tasks:
+        y, m = np.concatenate(labels[t.name]), np.concatenate(masks[t.name]).astype(bool)
+        s = np.concatenate(scores[t.name]) if t.kind == "binary" else None
+        results[t.name] = task_metrics(t, y, np.concatenate(preds[t.name]), s, m)
+        label_arrays[t.name] = (y, m)
+    return results, label_arrays
+
+
+def _defended_losses(tasks, outputs, targets: list, masks) -> torch.Tensor:
+    """Σ_j weight_j · task_losses(labels_j), for the (weight, labels) pairs a defense returns."""
+    total = None
+    for weight, labels in targets:
+        part = weight * task_losses(tasks, outputs, labels, masks)
+        total = part if total is None else total + part
+    return total
+
+
+def train_model(config: TrainConfig, train_data, test_data, tasks, device, out_dir=None, defense=None, progress: bool = True, floor_labels: dict | None = None) -> TrainResult:
+    """Train a victim on `train_data`, test on `test_data` every epoch; history as metrics.json holds.
+
+    Data are torch Datasets of item dicts (or Sources: their 'train'/'test' splits are used).
+    `floor_labels` {task: (labels, masks)} are the train labels for the majority floor; when
+    absent they are gathered from the training batches of the first epoch.
+    `defense(images, labels, masks, model) -> (images, [(weight, labels), ...])` runs on each batch.
+    """
+    from tqdm.auto import tqdm
+
+    tasks = tuple(tasks)
+    device = torch.device(device)
+    train_set, test_set = _as_dataset(train_data, "train"), _as_dataset(test_data, "test")
+    if len(train_set) == 0:
+        raise ConfigError("training data is empty")
+    generator = seed_everything(config.seed)
+    channels, height, _ = train_set[0]["image"].shape
+    model = build_model(tasks, config.backbone, in_channels=int(channels), image_size=int(height), stl=config.stl).to(device)
+    weighting = build_weighting(config.weighting, len(tasks), generator=torch.Generator().manual_seed(config.seed + 1), grad_space=config.grad_space, grad_method=config.grad_method, chunk=config.grad_chunk).to(device)
+    groups = [{"params": list(model.parameters())}]
+    if list(weighting.parameters()):
+        groups.append({"params": list(weighting.parameters()), "weight_decay": 0.0})
+    optimizer = torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=config.milestone_epochs(), gamma=config.gamma)
+    train_loader = torch.utils.data.DataLoader(train_set, batch_size=config.batch_size, shuffle=True, generator=generator, num_workers=config.num_workers, drop_last=len(train_set) > config.batch_size, persistent_workers=config.num_workers > 0)
+    test_loader = torch.utils.data.DataLoader(test_set, batch_size=max(config.batch_size, 256), shuffle=False, num_workers=config.num_workers)
+    metric_names = {t.name: primary_metric(t, config.classification_metric) for t in tasks}
+    collected = {t.name: ([], []) for t in tasks} if floor_labels is None else None
+    history = {"config": asdict(config), "tasks": [t.to_json() for t in tasks], "metric": metric_names, "epochs": []}
+    started = time.perf_counter()
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        loss_sum, steps, epoch_start = torch.zeros(len(tasks), dtype=torch.float64), 0, time.perf_counter()
+        bar = tqdm(train_loader, desc=f"{config.weighting} epoch {epoch}/{config.epochs}", leave=False, disable=not progress)
+        for batch in bar:
+            images, labels, masks = _to_device(batch, device)
+            if collected is not None and epoch == 1:
+                for t in tasks:
+                    collected[t.name][0].append(batch["labels"][t.name].numpy())
+                    collected[t.name][1].append(batch["masks"][t.name].numpy())
+            targets = [(1.0, labels)]
+            if defense is not None:
+                images, targets = defense(images, labels, masks, model)
+            optimizer.zero_grad(set_to_none=True)
+            rep = model.features(images)
+            outputs = model.heads_forward(rep)
+            losses = _defended_losses(tasks, outputs, targets, masks)
+            if not torch.isfinite(losses).all():
+                raise ConfigError(f"epoch {epoch}: non-finite task loss {losses.tolist()} (lower --lr?)")
+            weighting.backward(losses, model, rep)
+            if config.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            loss_sum += losses.detach().double().cpu()
+            steps += 1
+            bar.set_postfix(loss=f"{float(losses.detach().sum()):.3f}")
+        scheduler.step()
+        weighting.end_epoch(loss_sum / max(steps, 1))
+        if collected is not None and epoch == 1:
+            floor_labels = {k: (np.concatenate(v[0]), np.concatenate(v[1]).astype(bool)) for k, v in collected.items()}
+            collected = None
+        test_metrics, test_labels = evaluate(model, test_loader, tasks, device, config.classification_metric)
+        record = {
+            "epoch": epoch,
+            "train_loss": {t.name: float(loss_sum[i] / max(steps, 1)) for i, t in enumerate(tasks)},
+            "test": test_metrics,
+            "mean": nanmean(test_metrics[t.name][metric_names[t.name]] for t in tasks),
+            "seconds": time.perf_counter() - epoch_start,
+        }
+        history["epochs"].append(record)
+        if progress:
+            tqdm.write(f"epoch {epoch}/{config.epochs}: mean test metric {record['mean']:.4f} ({record['seconds']:.1f} s)")
+        if out_dir is not None and config.checkpoint_every and epoch % config.checkpoint_every == 0:
+            save_checkpoint(model, os.path.join(out_dir, "checkpoints", f"epoch_{epoch}.pt"), {"epoch": epoch, "config": asdict(config)})
+    history["wall_seconds"] = time.perf_counter() - started
+    _summarise(history, tasks, metric_names, floor_labels, test_labels)
+    if out_dir is not None:
+        os.makedirs(out_dir, exist_ok=True)
+        save_checkpoint(model, os.path.join(out_dir, "model.pt"), {"epoch": config.epochs, "config": asdict(config)})
+        write_history(history, os.path.join(out_dir, "metrics.json"))
+    return TrainResult(model=model, history=history)
+
+
+def _summarise(history: dict, tasks, metric_names: dict, floor_labels: dict, test_labels: dict) -> None:
+    """Add per-task floor, peak (best over epochs) and last values and their task means."""
+    floor, peak, last = {}, {}, {}
+    for t in tasks:
+        name = metric_names[t.name]
+        train_y, train_m = floor_labels[t.name]
+        test_y, test_m = test_labels[t.name]
+        floor[t.name] = majority_floor(t, np.asarray(train_y), test_y, name, np.asarray(train_m, dtype=bool), test_m)
+        values = [e["test"][t.name][name] for e in history["epochs"]]
+        peak[t.name] = best_value(values, name)
+        last[t.name] = values[-1]
+    history["floor"], history["peak"], history["last"] = floor, peak, last
+    history["mean"] = {"floor": nanmean(floor.values()), "peak": nanmean(peak.values()), "last": nanmean(last.values())}
+
+
+def _json_safe(value):
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_history(history: dict, path) -> None:
+    """Write the history as JSON (nan → null), atomically."""
+    tmp = os.fspath(path) + ".tmp"
+    with open(tmp, "w") as fh:
+        json.dump(_json_safe(history), fh, indent=1)
+    os.replace(tmp, path)

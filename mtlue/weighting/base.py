@@ -1,0 +1,96 @@
+"""The task-weighting interface shared by every strategy (LibMTL's AbsWeighting, made explicit).
+
+A weighting receives the (K,) vector of task losses, the model and the shared representation of
+the batch, and **performs the backward pass**: afterwards every trainable parameter of the model
+(and of the weighting itself, e.g. UW's log-variances) holds its `.grad`; the optimiser step is
+the caller's. `backward` returns the task weights it used, (K,), detached.
+
+- Loss-based strategies (`LossWeighting`: ew, uw, rlw, dwa) combine the losses into one scalar
+  and back-propagate it once.
+- Gradient-based strategies (`GradientWeighting`: aligned_mtl, fairgrad, mgda, pcgrad, cagrad,
+  gradnorm) compute the per-task gradients G (K × P) of the shared parameters (exact, default) or
+  of the shared representation (`grad_space="representation"`), derive weights α from the Gram
+  matrix GGᵀ, and set the shared gradient to αᵀG. Task heads get ∇ Σ_k L_k (each head only
+  sees its own loss), as in LibMTL.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mtlue.errors import ConfigError
+from mtlue.weighting.jacobian import GRAD_METHODS, representation_jacobian, shared_jacobian, write_flat_grad
+
+GRAD_SPACES = ("shared", "representation")
+
+
+class Weighting(nn.Module):
+    """Base class: `backward(losses, model, rep) -> weights`, plus an `end_epoch` hook."""
+
+    name = "base"
+    uses_gradients = False
+
+    def __init__(self, num_tasks: int, generator: torch.Generator | None = None, grad_space: str = "shared", grad_method: str = "auto", chunk: int = 0):
+        super().__init__()
+        if grad_space not in GRAD_SPACES:
+            raise ConfigError(f"--grad-space {grad_space!r}: one of {', '.join(GRAD_SPACES)}")
+        if grad_method not in GRAD_METHODS:
+            raise ConfigError(f"grad_method {grad_method!r}: one of {', '.join(GRAD_METHODS)}")
+        self.num_tasks = num_tasks
+        self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        self.grad_space = grad_space
+        self.grad_method = grad_method
+        self.chunk = chunk
+
+    def backward(self, losses: torch.Tensor, model: nn.Module, rep: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def end_epoch(self, mean_losses: torch.Tensor) -> None:
+        """Called after each training epoch with the epoch-mean task losses (K,)."""
+
+
+class LossWeighting(Weighting):
+    """A strategy that only rescales the losses: total = Σ_k w_k L_k (or its own formula)."""
+
+    def total_loss(self, losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (scalar loss to back-propagate, weights (K,))."""
+        raise NotImplementedError
+
+    def backward(self, losses, model, rep):
+        total, weights = self.total_loss(losses)
+        total.backward()
+        return weights.detach()
+
+
+class GradientWeighting(Weighting):
+    """A strategy that picks weights α from the Gram matrix of the per-task gradients."""
+
+    uses_gradients = True
+
+    def weights_from_gram(self, gram: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
+        """α (K,) from GGᵀ (K × K, float64 on CPU) and the detached losses; the update is αᵀG."""
+        raise NotImplementedError
+
+    def _alpha(self, grads: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
+        gram = (grads @ grads.T).detach().double().cpu()
+        alpha = self.weights_from_gram(gram, losses.detach().double().cpu())
+        return alpha.to(device=grads.device, dtype=grads.dtype)
+
+    def backward(self, losses, model, rep):
+        task_params = [p for p in model.task_parameters() if p.requires_grad]
+        shared_params = [p for p in model.shared_parameters() if p.requires_grad]
+        head_grads = torch.autograd.grad(losses.sum(), task_params, retain_graph=True, allow_unused=True)
+        if self.grad_space == "representation":
+            rep_jac = representation_jacobian(losses, rep)
+            flat = rep_jac.reshape(len(losses), -1)
+            alpha = self._alpha(flat, losses)
+            rep.backward((alpha @ flat).view_as(rep))
+        else:
+            grads = shared_jacobian(losses, rep, shared_params, self.grad_method, self.chunk)
+            alpha = self._alpha(grads, losses)
+            write_flat_grad(shared_params, alpha @ grads)
+        for p, g in zip(task_params, head_grads):
+            if g is not None:
+                p.grad = g if p.grad is None else p.grad + g
+        return alpha.detach()
