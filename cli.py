@@ -229,7 +229,8 @@ def train(data, test_spec, weighting, backbone, epochs, batch_size, lr, out_dir,
               help="MTL-UE base loss: em (surrogate trained alternately), tap (fixed clean surrogate), "
                    "sep (ensemble of clean-run checkpoints).")
 @click.option("--epsilon", type=float, default=8.0, show_default=True, help="L∞ budget in 1/255 units.")
-@click.option("--epochs", type=int, default=10, show_default=True, help="Generator outer iterations (cap).")
+@click.option("--epochs", type=int, default=6, show_default=True,
+              help="Generator outer iterations (cap; paper up to 100).")
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Generator Adam learning rate.")
 @click.option("--lambda-intra", type=float, default=20.0, show_default=True,
@@ -243,16 +244,20 @@ def train(data, test_spec, weighting, backbone, epochs, batch_size, lr, out_dir,
               help="Clean surrogate checkpoint (or a directory of checkpoints for SEP) instead of training one.")
 @click.option("--generator", "generator_path", default=None, type=click.Path(exists=True, dir_okay=False),
               help="Use this trained generator checkpoint; skip generator training.")
-@click.option("--generator-width", type=int, default=64, show_default=True,
+@click.option("--generator-width", type=int, default=16, show_default=True,
               help="Generator stem channels (paper 64); smaller is faster on CPU.")
-@click.option("--samples-per-epoch", type=int, default=0, show_default=True,
-              help="Samples per generator outer iteration (0 = the whole train split).")
+@click.option("--samples-per-epoch", type=int, default=1024, show_default=True,
+              help="Samples per generator outer iteration (0 = the whole train split, as the paper).")
 @click.option("--surrogate-backbone", default="small_cnn", show_default=True)
-@click.option("--surrogate-epochs", type=int, default=8, show_default=True)
+@click.option("--surrogate-epochs", type=int, default=3, show_default=True,
+              help="Clean surrogate training epochs (paper 60).")
 @click.option("--surrogate-steps", type=int, default=2, show_default=True,
               help="EM: surrogate mini-batches per generator outer iteration.")
 @click.option("--augment", type=click.Choice(["crop_flip", "crop", "none"]), default="crop_flip", show_default=True,
               help="EOT augmentation of x+δ before the surrogate.")
+@click.option("--clamp/--no-clamp", "clamp_inputs", default=True, show_default=True,
+              help="Clip x+δ to [0,1] while training the generator, as the stored bytes will be "
+                   "(--no-clamp: the paper's unclipped x+δ).")
 @click.option("--objective", type=click.Choice(["total", "dgba"]), default="total", show_default=True,
               help="Baselines: how per-task losses combine.")
 @click.option("--steps", type=int, default=20, show_default=True, help="Baselines: PGD steps.")
@@ -268,7 +273,7 @@ def train(data, test_spec, weighting, backbone, epochs, batch_size, lr, out_dir,
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @reports_errors
 def protect(source, store, method, base, epsilon, epochs, batch_size, lr, lambda_intra, lambda_inter, protect_tasks,
-            poison_rate, surrogate_path, generator_path, generator_width, samples_per_epoch, surrogate_backbone, surrogate_epochs, surrogate_steps, augment,
+            poison_rate, surrogate_path, generator_path, generator_width, samples_per_epoch, clamp_inputs, surrogate_backbone, surrogate_epochs, surrogate_steps, augment,
             objective, steps, fusion, norm, seed, device, work_dir, shard_size, overwrite, quiet):
     """Make the train split of SOURCE unlearnable and write it as a store at STORE.
 
@@ -287,6 +292,7 @@ def protect(source, store, method, base, epsilon, epochs, batch_size, lr, lambda
                            generator_path=generator_path,
                            surrogate=SurrogateConfig(backbone=surrogate_backbone, epochs=surrogate_epochs),
                            generator_width=generator_width, samples_per_epoch=samples_per_epoch,
+                           clamp_inputs=clamp_inputs,
                            surrogate_steps=surrogate_steps, augment=augment, objective=objective, steps=steps,
                            fusion=fusion, norm=norm, work_dir=work_dir)
     manifest = protect_source(open_source(source), store, config, resolve_device(device), work_dir=work_dir,
