@@ -1,0 +1,275 @@
+"""Protection configuration, the ProtectionMethod interface and the shared run context.
+
+A method turns a multi-task train split into per-sample perturbations δ with ‖δ‖∞ ≤ ε
+(ε in 1/255 units in the config). The driver asks it for δ batch by batch and writes
+`round(clip(x·255 + δ·255, 0, 255))` into the store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from mtlue.data.base import Batch, Source
+from mtlue.errors import ConfigError
+
+BASES = ("em", "tap", "sep")
+OBJECTIVES = ("total", "dgba")
+FUSIONS = ("average", "patch")
+NORMS = ("linf", "l2")
+AUGMENTS = ("crop_flip", "crop", "none")
+
+
+@dataclass(frozen=True)
+class SurrogateConfig:
+    """How the clean surrogate (TAP/SEP, and the baselines) is trained with `mtlue.train.train_model`."""
+
+    backbone: str = "small_cnn"
+    epochs: int = 3  # paper: 60 (ResNet-18); 3 small_cnn epochs keep a CPU demo at minutes
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    num_checkpoints: int = 15  # SEP ensemble size
+    checkpoint_every: int = 0  # 0 = max(1, epochs // num_checkpoints)
+    weighting: str = "ew"
+
+    @property
+    def checkpoint_interval(self) -> int:
+        return self.checkpoint_every or max(1, self.epochs // self.num_checkpoints)
+
+
+@dataclass(frozen=True)
+class ProtectConfig:
+    """Everything a protection run needs; built once from the CLI or a recipe.
+
+    epsilon is in 1/255 units (8 → 8/255). `epochs` caps the generator's outer iterations
+    (MTL-UE) and `steps` is the per-sample PGD step count (baselines). Defaults are sized for a
+    CPU run on `digits` in minutes; the paper's scale is generator_width=64, samples_per_epoch=0,
+    epochs=100, surrogate ResNet-18 for 60 epochs. `milestones` are the
+    generator MultiStepLR epochs, scaled to `epochs` when the cap is shorter than the last one.
+    """
+
+    method: str = "mtlue"
+    base: str = "tap"
+    epsilon: float = 8.0
+    epochs: int = 6  # paper: up to 100 outer iterations
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    milestones: tuple = (60, 80)
+    gamma: float = 0.1
+    lambda_intra: float = 20.0
+    lambda_inter: float = 100.0
+    protect_tasks: tuple | None = None  # None = every task
+    poison_rate: float = 1.0
+    seed: int = 0
+    surrogate_path: str | None = None
+    generator_path: str | None = None
+    surrogate: SurrogateConfig = field(default_factory=SurrogateConfig)
+    objective: str = "total"  # baselines: total | dgba
+    steps: int = 20  # baselines: PGD steps
+    step_size: float | None = None  # baselines: 1/255 units; None = method default
+    fusion: str = "average"  # class-wise baselines: average | patch
+    norm: str = "linf"  # baselines
+    stop_error: float = 0.01  # EM: stop when poisoned-train error <= this
+    surrogate_steps: int = 2  # EM: surrogate mini-batches per outer iteration
+    generator_width: int = 16  # stem channels of the generator (paper: 64; 16 keeps CPU runs at minutes)
+    samples_per_epoch: int = 1024  # samples per outer iteration (0 = the whole split, as the paper)
+    augment: str = "crop_flip"  # EOT before the surrogate: crop_flip | crop | none
+    clamp_inputs: bool = True  # clip x+δ to [0,1] in training as the stored bytes will be (the paper does not)
+    work_dir: str | None = None
+
+    def __post_init__(self):
+        if self.base not in BASES:
+            raise ConfigError(f"--base {self.base!r}: one of {', '.join(BASES)}")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"--objective {self.objective!r}: one of {', '.join(OBJECTIVES)}")
+        if self.fusion not in FUSIONS:
+            raise ConfigError(f"--fusion {self.fusion!r}: one of {', '.join(FUSIONS)}")
+        if self.norm not in NORMS:
+            raise ConfigError(f"--norm {self.norm!r}: one of {', '.join(NORMS)}")
+        if not 0 < self.epsilon <= 255:
+            raise ConfigError(f"--epsilon {self.epsilon}: must be in (0, 255] (1/255 units)")
+        if not 0.0 <= self.poison_rate <= 1.0:
+            raise ConfigError(f"--poison-rate {self.poison_rate}: must be in [0, 1]")
+        if self.augment not in AUGMENTS:
+            raise ConfigError(f"--augment {self.augment!r}: one of {', '.join(AUGMENTS)}")
+        if self.epochs < 1:
+            raise ConfigError(f"--epochs {self.epochs}: must be >= 1")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size {self.batch_size}: must be >= 1")
+
+    @property
+    def eps(self) -> float:
+        """ε as a fraction of the [0, 1] pixel range."""
+        return self.epsilon / 255.0
+
+    def scaled_milestones(self) -> list[int]:
+        """MultiStepLR milestones in outer iterations: paper's [60, 80] of 100, scaled to a shorter cap."""
+        last = max(self.milestones) if self.milestones else 0
+        if last < self.epochs:
+            return [int(m) for m in self.milestones]
+        scale = self.epochs / 100.0
+        return sorted({max(1, int(round(m * scale))) for m in self.milestones})
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["milestones"] = list(self.milestones)
+        d["protect_tasks"] = list(self.protect_tasks) if self.protect_tasks is not None else None
+        return d
+
+    def with_(self, **changes) -> "ProtectConfig":
+        return replace(self, **changes)
+
+
+def batch_to_tensors(batch: Batch, tasks, device: torch.device):
+    """(x float (N,C,H,W) in [0,1], labels {task: tensor}, masks {task: bool tensor}) on `device`."""
+    images = torch.from_numpy(np.ascontiguousarray(batch.images)).to(device)
+    x = images.permute(0, 3, 1, 2).float().div_(255.0)
+    labels = {t.name: torch.as_tensor(batch.labels[t.name]).to(device) for t in tasks}
+    masks = {t.name: torch.as_tensor(batch.masks[t.name]).to(device) for t in tasks}
+    return x, labels, masks
+
+
+def item_batch_to_tensors(items: dict, device: torch.device):
+    """Same as `batch_to_tensors` for a default-collated Dataset batch (dict of tensors)."""
+    x = items["image"].to(device).float().div_(255.0)
+    labels = {k: v.to(device) for k, v in items["labels"].items()}
+    masks = {k: v.to(device) for k, v in items["masks"].items()}
+    return x, labels, masks
+
+
+class ProtectContext:
+    """What a method may use while preparing: the clean train split, tasks, config, device, work dir.
+
+    The clean surrogate and its SEP checkpoints are trained once with `mtlue.train.train_model`
+    and cached under `work_dir/surrogate/` so a resumed run reuses them. `on_iteration(t)` is
+    called after each finished (and checkpointed) outer iteration; tests raise from it to
+    simulate a kill.
+    """
+
+    def __init__(self, source: Source, config: ProtectConfig, device: torch.device, work_dir: str | os.PathLike,
+                 progress: bool = True, on_iteration: Callable[[int], None] | None = None, split: str = "train"):
+        self.source = source
+        self.tasks = tuple(source.tasks)
+        self.config = config
+        self.device = device
+        self.work_dir = Path(work_dir)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.progress = progress
+        self.on_iteration = on_iteration
+        self.split = split
+        self._surrogate = None
+        self._surrogate_info: dict = {}
+
+    # -- data -------------------------------------------------------------------------------
+    @property
+    def num_samples(self) -> int:
+        return self.source.size(self.split)
+
+    @property
+    def protected_tasks(self) -> tuple:
+        """Names of the tasks whose labels δ may carry (default: all)."""
+        names = [t.name for t in self.tasks]
+        wanted = self.config.protect_tasks
+        if wanted is None:
+            return tuple(names)
+        for name in wanted:
+            if name not in names:
+                raise ConfigError(f"--protect-tasks: no task {name!r} (tasks: {', '.join(names)})")
+        return tuple(n for n in names if n in wanted)
+
+    def train_dataset(self):
+        return self.source.dataset(self.split)
+
+    def train_loader(self, batch_size: int, shuffle: bool, generator: torch.Generator | None = None,
+                     num_samples: int = 0):
+        """A torch DataLoader over the clean train split (items: see `item_batch_to_tensors`).
+
+        With shuffle and 0 < num_samples < N, each pass sees a fresh random subset of num_samples."""
+        dataset = self.train_dataset()
+        if shuffle and 0 < num_samples < len(dataset):
+            sampler = torch.utils.data.RandomSampler(dataset, num_samples=num_samples, generator=generator)
+            return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=0)
+        return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
+                                           generator=generator, num_workers=0, drop_last=False)
+
+    def batches(self, batch_size: int) -> Iterator[Batch]:
+        return self.source.batches(self.split, batch_size)
+
+    def iteration_done(self, iteration: int) -> None:
+        if self.on_iteration is not None:
+            self.on_iteration(iteration)
+
+    # -- surrogate --------------------------------------------------------------------------
+    @property
+    def surrogate_dir(self) -> Path:
+        return self.work_dir / "surrogate"
+
+    def clean_surrogate(self):
+        """The clean MTL surrogate (eval mode, frozen): loaded from --surrogate or trained once and cached."""
+        from mtlue.protect.surrogate import load_or_train_surrogate
+
+        if self._surrogate is None:
+            self._surrogate, self._surrogate_info = load_or_train_surrogate(self)
+        return self._surrogate
+
+    def surrogate_checkpoints(self) -> list[Path]:
+        """Paths of the SEP checkpoints of one clean surrogate run (trained once, cached)."""
+        from mtlue.protect.surrogate import surrogate_checkpoint_paths
+
+        return surrogate_checkpoint_paths(self)
+
+    @property
+    def surrogate_info(self) -> dict:
+        return dict(self._surrogate_info)
+
+
+class ProtectionMethod:
+    """One unlearnable-example method: prepare once, then hand out δ per batch.
+
+    `perturb` returns float32 (N,H,W,C) δ in [−ε, ε] (fractions of the pixel range) for the
+    samples of `batch`, keyed by `batch.index` (never by position in the split).
+    """
+
+    name = "base"
+
+    def __init__(self, config: ProtectConfig):
+        self.config = config
+        self.context: ProtectContext | None = None
+
+    def prepare(self, context: ProtectContext) -> None:
+        """Train / optimise whatever the method needs; checkpoint into context.work_dir to resume."""
+        self.context = context
+
+    def perturb(self, batch: Batch, device: torch.device) -> np.ndarray:
+        raise NotImplementedError
+
+    def record(self) -> dict:
+        """Method-specific fields of the protection record in manifest.json."""
+        return {}
+
+
+def atomic_torch_save(obj, path: str | os.PathLike) -> None:
+    """torch.save to `path.tmp`, fsync, rename: a kill never leaves a half-written checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        torch.save(obj, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(obj, path: str | os.PathLike) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+    os.replace(tmp, path)

@@ -1,0 +1,183 @@
+"""Protect a source's train split: prepare a method, stream δ into a store, record the protection.
+
+Stored bytes follow one rule: `round(clip(x·255 + δ·255, 0, 255))` for the poisoned indices
+(a seeded random subset of poison_rate·N), the clean bytes for the rest. Every batch is checked
+(no NaN, |stored − clean| ≤ ε·255) before it reaches the writer; a violation raises
+ProtectionError and the writer removes the partial store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from mtlue.data.base import Batch, Source
+from mtlue.errors import ConfigError, ProtectionError, StoreError
+from mtlue.protect.base import ProtectConfig, ProtectContext, atomic_write_json
+
+APPLY_RULE = "stored = round(clip(x*255 + delta*255, 0, 255)) as uint8 (round half to even); x, delta in [0,1] units"
+DEFAULT_SHARD_SIZE = 2048
+RUN_FILE = "protect-run.json"
+
+
+def default_work_dir(store_dir) -> Path:
+    """`STORE.work/` beside the store: generator, surrogate and checkpoints never go inside the release."""
+    store = Path(os.fspath(store_dir)).resolve()
+    return store.with_name(store.name + ".work")
+
+
+def apply_perturbation(images: np.ndarray, delta: np.ndarray) -> np.ndarray:
+    """round(clip(x·255 + δ·255, 0, 255)) as uint8, x uint8 (N,H,W,C), δ float (N,H,W,C) in pixel-range units."""
+    shifted = images.astype(np.float64) + delta.astype(np.float64) * 255.0
+    return np.rint(np.clip(shifted, 0.0, 255.0)).astype(np.uint8)
+
+
+def check_protected_batch(clean: np.ndarray, delta: np.ndarray, stored: np.ndarray, epsilon: float, index) -> None:
+    """ProtectionError unless δ is finite and every stored pixel is within ε (1/255 units) of the clean one."""
+    if not np.all(np.isfinite(delta)):
+        bad = np.unique(np.nonzero(~np.isfinite(delta.reshape(len(delta), -1)))[0])
+        raise ProtectionError(f"perturbation holds NaN/inf for sample index {int(index[bad[0]])} "
+                              f"({len(bad)} samples in this batch); nothing was written")
+    diff = np.abs(stored.astype(np.int16) - clean.astype(np.int16)).reshape(len(stored), -1).max(1)
+    over = np.nonzero(diff > epsilon + 1e-6)[0]
+    if len(over):
+        raise ProtectionError(f"sample index {int(index[over[0]])}: a stored pixel differs from the clean one by "
+                              f"{int(diff[over[0]])}/255 > ε = {epsilon:g}/255 ({len(over)} samples in this batch); "
+                              "nothing was written")
+
+
+def poisoned_index_set(source: Source, split: str, rate: float, seed: int) -> np.ndarray | None:
+    """Sorted global indices that receive δ (None = all): a seeded draw of round(rate·N) of them."""
+    if rate >= 1.0:
+        return None
+    indices = np.concatenate([b.index for b in source.batches(split, 4096)]) if source.size(split) else np.zeros(0, np.int64)
+    count = int(round(rate * len(indices)))
+    chosen = np.random.default_rng(seed).choice(len(indices), size=count, replace=False)
+    return np.sort(indices[chosen])
+
+
+def protect_source(source: Source, store_dir, config: ProtectConfig, device: torch.device, work_dir=None,
+                   overwrite: bool = False, progress: bool = True, shard_size: int = DEFAULT_SHARD_SIZE,
+                   on_iteration: Callable[[int], None] | None = None, method=None) -> dict:
+    """Run `config.method` on the train split of `source` and write the protected store; returns the manifest.
+
+    Resumes: the method reloads its last checkpoint from `work_dir`, and finished shards of an
+    interrupted run with the same settings are kept. `method` overrides the registry (tests).
+    """
+    from mtlue.protect import build_method
+    from mtlue.store.writer import StoreWriter
+
+    store_dir = Path(os.fspath(store_dir))
+    source.check_split("train")
+    if (store_dir / "manifest.json").is_file() and not overwrite:
+        raise StoreError(f"{store_dir}: a complete store is already there; pass --overwrite to replace it")
+    work_dir = Path(work_dir) if work_dir else default_work_dir(store_dir)
+    if _inside(work_dir, store_dir):
+        raise ConfigError(f"--work-dir {work_dir}: must not lie inside the store {store_dir} (the release)")
+    if config.work_dir is None:
+        config = config.with_(work_dir=str(work_dir))
+
+    method = method if method is not None else build_method(config)
+    context = ProtectContext(source, config, device, work_dir, progress=progress, on_iteration=on_iteration)
+    method.prepare(context)
+    record = protection_record(config, method, context)
+
+    poisoned = poisoned_index_set(source, "train", config.poison_rate, config.seed)
+    record["poisoned_indices"] = "all" if poisoned is None else poisoned.tolist()
+    run_key = {"record": {k: v for k, v in record.items() if k not in ("software", "surrogate")}, "shard_size": shard_size,
+               "source": source.name, "count": source.size("train")}
+    run_key = json.loads(json.dumps(run_key))
+    run_path = work_dir / RUN_FILE
+    partial = store_dir.is_dir() and any(store_dir.iterdir()) and not (store_dir / "manifest.json").is_file()
+    resume = partial and run_path.is_file() and json.loads(run_path.read_text()) == run_key
+    if partial and not resume and not overwrite:
+        raise StoreError(f"{store_dir}: holds an unfinished store from a run with other settings; pass --overwrite")
+    atomic_write_json(run_key, run_path)
+
+    def make_batches(start: int, stop: int):
+        for batch in source.batches("train", config.batch_size, start, stop):
+            yield protect_batch(batch, method, config, poisoned, device)
+
+    writer = StoreWriter(store_dir, source.tasks, source.image_shape, overwrite=overwrite and not resume, resume=resume)
+    with writer:
+        writer.write_split("train", source.size("train"), shard_size, make_batches, progress=progress)
+        return writer.finish(protection=record, extra={"source": {"name": source.name,
+                                                                  "image_shape": list(source.image_shape)}})
+
+
+def protect_batch(batch: Batch, method, config: ProtectConfig, poisoned: np.ndarray | None, device) -> Batch:
+    """The stored Batch for one clean Batch: apply δ to the poisoned samples, check the budget."""
+    if poisoned is None:
+        chosen = np.ones(len(batch), dtype=bool)
+    else:
+        chosen = np.isin(batch.index, poisoned)
+    delta = np.zeros(batch.images.shape, dtype=np.float32)
+    if chosen.any():
+        produced = np.asarray(method.perturb(batch, device), dtype=np.float32)
+        if produced.shape != batch.images.shape:
+            raise ProtectionError(f"method {config.method!r} returned δ of shape {produced.shape} for images "
+                                  f"{batch.images.shape}; nothing was written")
+        delta[chosen] = produced[chosen]
+    with np.errstate(invalid="ignore"):  # NaN is reported by the check below, not as a cast warning
+        stored = apply_perturbation(batch.images, delta)
+    check_protected_batch(batch.images, delta, stored, config.epsilon, batch.index)
+    return Batch(batch.index, stored, batch.labels, batch.masks)
+
+
+def protection_record(config: ProtectConfig, method, context: ProtectContext) -> dict:
+    """The manifest's `protection` block (JSON-able)."""
+    record = {
+        "method": config.method,
+        "base": config.base if config.method == "mtlue" else None,
+        "epsilon": config.epsilon,
+        "epsilon_units": "1/255",
+        "norm": "linf" if config.method == "mtlue" else config.norm,
+        "apply_rule": APPLY_RULE,
+        "seed": config.seed,
+        "lambda_intra": config.lambda_intra,
+        "lambda_inter": config.lambda_inter,
+        "poison_rate": config.poison_rate,
+        "protected_tasks": list(context.protected_tasks),
+        "split": "train",
+        "world_size": 1,
+        "batch_size": config.batch_size,
+        "world_size_x_batch": f"1 x {config.batch_size}",
+        "surrogate": context.surrogate_info or _surrogate_settings(config),
+        "config": config.to_json(),
+        "software": _software(),
+    }
+    record.update(method.record())
+    record.setdefault("generator_sha256", None)
+    return json.loads(json.dumps(record, default=str))
+
+
+def _surrogate_settings(config: ProtectConfig) -> dict:
+    settings = config.surrogate
+    info = {"backbone": settings.backbone, "epochs": settings.epochs, "batch_size": settings.batch_size}
+    if config.base == "em" and config.method == "mtlue":
+        info["source"] = "trained from scratch alternately with the generator (EM)"
+    if config.surrogate_path:
+        info["path"] = config.surrogate_path
+    return info
+
+
+def _software() -> dict:
+    import kornia
+    import torchvision
+
+    return {"torch": torch.__version__, "torchvision": torchvision.__version__, "kornia": kornia.__version__,
+            "numpy": np.__version__, "python": platform.python_version()}
+
+
+def _inside(path: Path, parent: Path) -> bool:
+    try:
+        Path(path).resolve().relative_to(Path(parent).resolve())
+        return True
+    except ValueError:
+        return False

@@ -1,0 +1,278 @@
+"""MTL-UE: train the label-conditioned generator over an EM / TAP / SEP base loss, then emit δ = G(x, y).
+
+Yu et al., ICML 2025, Algorithm 1 as the released code runs it: per outer iteration one pass of
+generator steps minimising L_b(F(aug(x + G(x,y))), y) + λ_intra·L_intra + λ_inter·L_inter
+(Adam 1e-3, wd 1e-4, MultiStepLR), then (EM only) a few surrogate steps on the poisoned batch
+and a stop test on the poisoned-train error. Every outer iteration is checkpointed atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mtlue.data.base import Batch
+from mtlue.errors import ConfigError
+from mtlue.models.generator import build_generator, load_generator, save_generator
+from mtlue.protect.base import (ProtectionMethod, ProtectContext, atomic_torch_save, batch_to_tensors,
+                                item_batch_to_tensors)
+from mtlue.protect.objectives import base_error, base_loss
+from mtlue.protect.regularisers import embedding_regulariser, inter_task_loss, intra_task_loss
+
+STATE_FILE = "generator-state.pt"
+GENERATOR_FILE = "generator.pt"
+# Settings that must match for a run to resume from a saved generator state.
+RESUME_KEYS = ("base", "epsilon", "batch_size", "lr", "weight_decay", "milestones", "gamma", "lambda_intra",
+               "lambda_inter", "protect_tasks", "seed", "surrogate", "augment", "generator_width", "samples_per_epoch", "clamp_inputs", "surrogate_steps", "stop_error",
+               "surrogate_path")
+
+
+def make_augment(kind: str, image_shape):
+    """EOT before the surrogate: kornia pad-and-crop to the same size (+ horizontal flip)."""
+    import kornia.augmentation as KA
+
+    if kind == "none":
+        return torch.nn.Identity()
+    height, width = image_shape[0], image_shape[1]
+    pad = max(1, min(height, width) // 8)
+    steps = [KA.RandomCrop((height, width), padding=pad, padding_mode="reflect", p=1.0)]
+    if kind == "crop_flip":
+        steps.append(KA.RandomHorizontalFlip(p=0.5))
+    return torch.nn.Sequential(*steps)
+
+
+class MTLUEMethod(ProtectionMethod):
+    """The MTL-UE generator method (`--method mtlue --base em|tap|sep`)."""
+
+    name = "mtlue"
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.generator = None
+        self.history: list[dict] = []
+        self.generator_sha256 = None
+        self.stopped_at = None
+
+    # -- preparation ------------------------------------------------------------------------
+    def prepare(self, context: ProtectContext) -> None:
+        super().prepare(context)
+        cfg, device = self.config, context.device
+        self.protected = context.protected_tasks
+        final_path = context.work_dir / GENERATOR_FILE
+        if cfg.generator_path:
+            path = Path(cfg.generator_path)
+            if not path.is_file():
+                raise ConfigError(f"--generator {path}: no such file")
+            self.generator, meta = load_generator(path, device)
+            self._check_generator(path)
+            self.history = meta.get("history", [])
+            self.generator_path = path
+        elif final_path.is_file() and self._state_matches(final_path):
+            self.generator, meta = load_generator(final_path, device)
+            self.history = meta.get("history", [])
+            self.generator_path = final_path
+        else:
+            self._train(context)
+            save_generator(self.generator, final_path, {"history": self.history, "fingerprint": self._fingerprint()})
+            self.generator_path = final_path
+        self.generator.eval()
+        self.generator_sha256 = weights_sha256(self.generator)
+
+    def _fingerprint(self) -> dict:
+        d = self.config.to_json()
+        return json.loads(json.dumps({k: d[k] for k in RESUME_KEYS}))
+
+    def _state_matches(self, path: Path) -> bool:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        meta = blob.get("meta", {})
+        history = meta.get("history", [])
+        finished = len(history) == self.config.epochs or bool(history and history[-1].get("stop"))
+        return meta.get("fingerprint") == self._fingerprint() and finished
+
+    def _check_generator(self, path: Path) -> None:
+        names = [t.name for t in self.generator.tasks]
+        if names != [t.name for t in self.context.tasks] or tuple(self.generator.image_shape) != tuple(self.context.source.image_shape):
+            raise ConfigError(f"--generator {path}: built for tasks {names} and images {self.generator.image_shape}, "
+                              f"not this source's")
+        if abs(self.generator.epsilon - self.config.eps) > 1e-9:
+            raise ConfigError(f"--generator {path}: its ε is {self.generator.epsilon * 255:g}/255, not --epsilon {self.config.epsilon:g}")
+
+    def _train(self, context: ProtectContext) -> None:
+        cfg, device = self.config, context.device
+        torch.manual_seed(cfg.seed)
+        generator = build_generator(context.tasks, context.source.image_shape, cfg.eps,
+                                    width=cfg.generator_width).to(device)
+        optimiser = torch.optim.Adam(generator.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimiser, cfg.scaled_milestones(), cfg.gamma)
+        surrogates, surrogate_optimiser = self._surrogates(context)
+        augment = make_augment(cfg.augment, context.source.image_shape).to(device)
+
+        state_path = context.work_dir / STATE_FILE
+        start = 0
+        if state_path.is_file():
+            blob = torch.load(state_path, map_location=device, weights_only=False)
+            if blob["fingerprint"] == self._fingerprint():
+                generator.load_state_dict(blob["generator"])
+                optimiser.load_state_dict(blob["optimiser"])
+                scheduler.load_state_dict(blob["scheduler"])
+                if surrogate_optimiser is not None:
+                    surrogates[0].load_state_dict(blob["surrogate"])
+                    surrogate_optimiser.load_state_dict(blob["surrogate_optimiser"])
+                self.history = list(blob["history"])
+                start = int(blob["iteration"])
+        self.generator = generator
+        for iteration in range(start, cfg.epochs):
+            if self.history and self.history[-1].get("stop"):
+                break
+            record = self._outer_iteration(iteration, generator, optimiser, surrogates, surrogate_optimiser, augment)
+            scheduler.step()
+            self.history.append(record)
+            atomic_torch_save({"fingerprint": self._fingerprint(), "iteration": iteration + 1,
+                               "generator": generator.state_dict(), "optimiser": optimiser.state_dict(),
+                               "scheduler": scheduler.state_dict(),
+                               "surrogate": surrogates[0].state_dict() if surrogate_optimiser is not None else None,
+                               "surrogate_optimiser": surrogate_optimiser.state_dict() if surrogate_optimiser else None,
+                               "history": self.history, "torch_rng": torch.get_rng_state()}, state_path)
+            if context.progress:
+                print(f"[protect] generator {iteration + 1}/{cfg.epochs}: " +
+                      " ".join(f"{k}={v:.4g}" for k, v in record.items() if isinstance(v, float)), flush=True)
+            context.iteration_done(iteration + 1)
+
+    def _surrogates(self, context):
+        """EM: a fresh trainable model (+ its optimiser); TAP: [clean surrogate]; SEP: its checkpoints."""
+        from mtlue.protect.surrogate import _models_api, load_ensemble
+
+        cfg = self.config
+        if cfg.base == "tap":
+            return [context.clean_surrogate()], None
+        if cfg.base == "sep":
+            return load_ensemble(context), None
+        build_model, _, _ = _models_api()
+        height, width, channels = context.source.image_shape
+        torch.manual_seed(cfg.seed + 1)
+        model = build_model(context.tasks, backbone=cfg.surrogate.backbone, in_channels=channels,
+                            image_size=height).to(context.device)
+        optimiser = torch.optim.Adam(model.parameters(), lr=cfg.surrogate.lr, weight_decay=cfg.surrogate.weight_decay)
+        return [model], optimiser
+
+    def _outer_iteration(self, iteration, generator, optimiser, surrogates, surrogate_optimiser, augment) -> dict:
+        """One pass of generator steps (+ EM surrogate steps and stop test); deterministic given seed+iteration."""
+        cfg, context, device = self.config, self.context, self.context.device
+        # Per-iteration seeds make a resumed run replay exactly what an uninterrupted one does.
+        torch.manual_seed(cfg.seed * 100003 + iteration)
+        order = torch.Generator().manual_seed(cfg.seed * 100003 + iteration)
+        loader = context.train_loader(cfg.batch_size, shuffle=True, generator=order, num_samples=cfg.samples_per_epoch)
+        for model in surrogates:
+            model.eval()
+            for p in model.parameters():
+                p.requires_grad_(False)
+        generator.train()
+        totals = {"base_loss": 0.0, "intra": 0.0, "inter": 0.0}
+        batches = 0
+        for items in loader:
+            x, labels, masks = item_batch_to_tensors(items, device)
+            delta = generator(x, labels, masks, self.protected)
+            poisoned = augment(self._poison(x, delta))
+            loss_b = sum(base_loss(cfg.base, context.tasks, model(poisoned), labels, masks, "total", self.protected)
+                         for model in surrogates)
+            tables = generator.embedding_tables()
+            loss = loss_b + embedding_regulariser(tables, cfg.lambda_intra, cfg.lambda_inter)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            totals["base_loss"] += float(loss_b.detach())
+            with torch.no_grad():
+                totals["intra"] += float(intra_task_loss(tables))
+                totals["inter"] += float(inter_task_loss(tables))
+            batches += 1
+        record = {k: v / max(batches, 1) for k, v in totals.items()}
+        if surrogate_optimiser is not None:
+            self._train_surrogate_steps(generator, surrogates[0], surrogate_optimiser, augment, iteration)
+            error = self._poisoned_error(generator, surrogates[0])
+            record["poisoned_train_error"] = error
+            record["stop"] = error <= cfg.stop_error
+        return record
+
+    def _poison(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """x + δ, clipped to [0, 1] when clamp_inputs (what the store will hold, up to rounding)."""
+        return (x + delta).clamp(0.0, 1.0) if self.config.clamp_inputs else x + delta
+
+    def _train_surrogate_steps(self, generator, model, optimiser, augment, iteration) -> None:
+        """EM's alternating step: a few surrogate mini-batches on aug(x + G(x,y).detach())."""
+        from mtlue.models.losses import task_losses
+
+        cfg, context, device = self.config, self.context, self.context.device
+        order = torch.Generator().manual_seed(cfg.seed * 100003 + iteration + 50021)
+        loader = context.train_loader(cfg.batch_size, shuffle=True, generator=order)
+        generator.eval()
+        model.train()
+        for p in model.parameters():
+            p.requires_grad_(True)
+        for step, items in enumerate(loader):
+            if step >= cfg.surrogate_steps:
+                break
+            x, labels, masks = item_batch_to_tensors(items, device)
+            with torch.no_grad():
+                poisoned = augment(self._poison(x, generator(x, labels, masks, self.protected)))
+            loss = task_losses(context.tasks, model(poisoned), labels, masks).sum()
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            optimiser.step()
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def _poisoned_error(self, generator, model) -> float:
+        """EM stop test: the surrogate's error on the whole poisoned train split (generator in eval mode)."""
+        cfg, context, device = self.config, self.context, self.context.device
+        generator.eval()
+        model.eval()
+        wrong, count = 0.0, 0
+        limit = cfg.samples_per_epoch or context.num_samples  # a CPU-sized run tests a prefix of the split
+        for batch in context.batches(max(cfg.batch_size, 256)):
+            if count >= limit:
+                break
+            x, labels, masks = batch_to_tensors(batch, context.tasks, device)
+            outputs = model(self._poison(x, generator(x, labels, masks, self.protected)))
+            error = base_error("em", context.tasks, outputs, labels, masks, self.protected)
+            wrong += error * len(batch)
+            count += len(batch)
+        return wrong / max(count, 1)
+
+    # -- emitting δ -------------------------------------------------------------------------
+    @torch.no_grad()
+    def perturb(self, batch: Batch, device: torch.device) -> np.ndarray:
+        x, labels, masks = batch_to_tensors(batch, self.context.tasks, device)
+        delta = self.generator(x, labels, masks, self.protected)
+        return delta.permute(0, 2, 3, 1).float().cpu().numpy()
+
+    def record(self) -> dict:
+        cfg = self.config
+        info = {"generator_sha256": self.generator_sha256, "generator_sha256_of": "state-dict tensors (weights_sha256)", "lambda_intra": cfg.lambda_intra,
+                "lambda_inter": cfg.lambda_inter, "generator_epochs": len(self.history),
+                "generator_epoch_cap": cfg.epochs, "generator_lr": cfg.lr, "generator_weight_decay": cfg.weight_decay,
+                "generator_milestones": cfg.scaled_milestones(), "augment": cfg.augment,
+                "clamp_inputs": cfg.clamp_inputs, "samples_per_epoch": cfg.samples_per_epoch,
+                "generator_width": cfg.generator_width,
+                "protected_tasks": list(self.protected),
+                "generator_history": self.history[-1:] if self.history else []}
+        if cfg.generator_path:
+            info["generator_path"] = str(cfg.generator_path)
+        return info
+
+
+def weights_sha256(module: torch.nn.Module) -> str:
+    """sha256 over the state dict (names, dtypes, shapes, bytes in key order): reproducible, unlike
+    the bytes of a torch.save file, which embed a random serialisation id."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        array = tensor.detach().cpu().contiguous().numpy()
+        digest.update(f"{name}|{array.dtype}|{array.shape}|".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()

@@ -1,0 +1,94 @@
+"""Base unlearnable-example losses (EM, TAP, SEP) over K tasks, combined by `total` or `dgba`.
+
+Every function returns a loss to MINIMISE with respect to δ (or the generator):
+  EM  (Huang et al. 2021):  ℓ_t(F(x+δ), y_t)
+  TAP (Fowl et al. 2021):   binary −BCE(F(x+δ), y_t); multiclass CE toward (y_t + ⌊C/2⌋) mod C
+  SEP (Chen et al. 2023):   binary BCE toward 1 − y_t; multiclass CE toward (y_t + ⌊C/2⌋) mod C
+                            (summed over checkpoints by the caller)
+Regression tasks: EM minimises L1, TAP/SEP maximise it. Task combination per sample:
+  total: Σ_t m_t ℓ_t          dgba: Σ_t m_t ℓ_t / |ℓ_t|.detach()   (gradient Σ_t ∇ℓ_t/ℓ_t, Zhang et al.)
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mtlue.data.base import TaskSpec
+from mtlue.errors import ConfigError
+from mtlue.models.losses import per_sample_loss
+
+BASE_LOSSES = ("em", "tap", "sep")
+
+
+def shifted_class(task: TaskSpec, labels: torch.Tensor) -> torch.Tensor:
+    """Target class (y + ⌊C/2⌋) mod C (for binary: the flipped bit 1 − y)."""
+    if task.kind == "binary":
+        return 1 - labels.long()
+    return (labels.long() + task.num_classes // 2) % task.num_classes
+
+
+def per_task_base_loss(base: str, task: TaskSpec, output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-sample (B,) loss of one task under one base UE objective, signed to be minimised."""
+    if base not in BASE_LOSSES:
+        raise ConfigError(f"--base {base!r}: one of {', '.join(BASE_LOSSES)}")
+    if base == "em":
+        return per_sample_loss(task, output, labels)
+    if not task.is_classification:
+        return -per_sample_loss(task, output, labels)
+    if base == "tap" and task.kind == "binary":
+        return -per_sample_loss(task, output, labels)
+    return per_sample_loss(task, output, shifted_class(task, labels))
+
+
+def per_sample_base_loss(base: str, tasks, outputs: dict, labels: dict, masks: dict | None = None,
+                         objective: str = "total", task_names=None) -> torch.Tensor:
+    """Per-sample (B,) base loss summed over tasks (`total`) or with per-sample 1/ℓ_t weights (`dgba`).
+
+    `task_names` restricts the sum to some tasks (partial protection); missing labels add 0.
+    """
+    if objective not in ("total", "dgba"):
+        raise ConfigError(f"--objective {objective!r}: one of total, dgba")
+    masks = masks or {}
+    total = None
+    for task in tasks:
+        if task_names is not None and task.name not in task_names:
+            continue
+        loss = per_task_base_loss(base, task, outputs[task.name], labels[task.name])
+        if objective == "dgba":
+            loss = loss / loss.detach().abs().clamp_min(1e-8)
+        mask = masks.get(task.name)
+        if mask is not None:
+            loss = loss * mask.to(loss.dtype)
+        total = loss if total is None else total + loss
+    if total is None:
+        raise ConfigError("no task left to protect (check --protect-tasks)")
+    return total
+
+
+def base_loss(base: str, tasks, outputs: dict, labels: dict, masks: dict | None = None,
+              objective: str = "total", task_names=None) -> torch.Tensor:
+    """Batch mean of `per_sample_base_loss` (a scalar to minimise)."""
+    return per_sample_base_loss(base, tasks, outputs, labels, masks, objective, task_names).mean()
+
+
+def base_error(base: str, tasks, outputs: dict, labels: dict, masks: dict | None = None, task_names=None) -> float:
+    """Fraction of (sample, classification task) pairs where the surrogate misses the base's target.
+
+    EM/TAP-binary target = true label (EM wants it low, TAP wants it high); shifted targets otherwise.
+    """
+    from mtlue.models.losses import predictions
+
+    masks = masks or {}
+    wrong, count = 0.0, 0.0
+    for task in tasks:
+        if not task.is_classification or (task_names is not None and task.name not in task_names):
+            continue
+        target = labels[task.name].long()
+        if base == "sep" or (base == "tap" and task.kind == "multiclass"):
+            target = shifted_class(task, target)
+        miss = (predictions(task, outputs[task.name]) != target).float()
+        mask = masks.get(task.name)
+        weight = mask.float() if mask is not None else torch.ones_like(miss)
+        wrong += float((miss * weight).sum())
+        count += float(weight.sum())
+    return wrong / max(count, 1.0)

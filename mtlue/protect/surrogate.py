@@ -1,0 +1,130 @@
+"""The clean surrogate (TAP) and its checkpoint ensemble (SEP), trained once with the victim code.
+
+Trained with `mtlue.train.train_model` on the clean train split (weighting ew) and cached in
+`work_dir/surrogate/`: `model.pt` (final weights), `epoch-*.pt` checkpoints, `surrogate.json`
+(written last: its presence means the surrogate is complete).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from mtlue.errors import ConfigError
+from mtlue.protect.base import atomic_write_json
+
+INFO_FILE = "surrogate.json"
+MODEL_FILE = "model.pt"
+
+
+def _models_api():
+    try:
+        from mtlue.models.mtl import build_model, load_checkpoint, save_checkpoint
+    except ImportError:
+        from mtlue.models import build_model, load_checkpoint, save_checkpoint  # type: ignore
+    return build_model, load_checkpoint, save_checkpoint
+
+
+def freeze(model: torch.nn.Module) -> torch.nn.Module:
+    """Eval mode and requires_grad False: a fixed surrogate during generator updates."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _epoch_of(path: Path) -> int:
+    numbers = re.findall(r"\d+", path.stem)
+    return int(numbers[-1]) if numbers else -1
+
+
+def _train_surrogate(context) -> dict:
+    """Train the clean surrogate once with the victim training loop and cache it; return its info."""
+    from mtlue.train import TrainConfig, train_model
+
+    _, _, save_checkpoint = _models_api()
+    settings = context.config.surrogate
+    out_dir = context.surrogate_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    train_config = TrainConfig(backbone=settings.backbone, weighting=settings.weighting, epochs=settings.epochs,
+                               batch_size=settings.batch_size, lr=settings.lr, weight_decay=settings.weight_decay,
+                               seed=context.config.seed, checkpoint_every=settings.checkpoint_interval)
+    test_data = context.source.dataset("test") if "test" in context.source.splits() else None
+    before = set(out_dir.rglob("*.pt"))
+    result = train_model(train_config, context.train_dataset(), test_data, context.tasks, context.device,
+                         out_dir=str(out_dir), progress=context.progress)
+    model_path = out_dir / MODEL_FILE
+    save_checkpoint(result.model, str(model_path), {"role": "clean surrogate", "backbone": settings.backbone,
+                                                    "epochs": settings.epochs})
+    checkpoints = sorted((p for p in out_dir.rglob("*.pt") if p not in before and p.name != MODEL_FILE
+                          and not p.name.endswith(".tmp")), key=_epoch_of)
+    checkpoints = checkpoints[-settings.num_checkpoints:]
+    info = {"source": "trained", "backbone": settings.backbone, "epochs": settings.epochs,
+            "batch_size": settings.batch_size, "weighting": settings.weighting,
+            "checkpoint_every": settings.checkpoint_interval,
+            "model": MODEL_FILE, "checkpoints": [str(p.relative_to(out_dir)) for p in checkpoints]}
+    atomic_write_json(info, out_dir / INFO_FILE)
+    return info
+
+
+def _surrogate_info(context) -> dict:
+    path = context.surrogate_dir / INFO_FILE
+    if path.is_file():
+        return json.loads(path.read_text())
+    return _train_surrogate(context)
+
+
+def load_or_train_surrogate(context):
+    """(frozen clean surrogate on context.device, info dict); --surrogate wins over the cache."""
+    _, load_checkpoint, _ = _models_api()
+    given = context.config.surrogate_path
+    if given:
+        path = Path(given)
+        if path.is_dir():
+            path = path / MODEL_FILE
+        if not path.is_file():
+            raise ConfigError(f"--surrogate {given}: no checkpoint file there")
+        model, meta = load_checkpoint(str(path), context.device)
+        return freeze(model), {"source": "given", "path": str(path), "sha256": _sha256(path)}
+    info = _surrogate_info(context)
+    path = context.surrogate_dir / info["model"]
+    model, _ = load_checkpoint(str(path), context.device)
+    info = dict(info, sha256=_sha256(path))
+    return freeze(model), info
+
+
+def surrogate_checkpoint_paths(context) -> list[Path]:
+    """SEP ensemble: checkpoints of one clean run (--surrogate DIR: its *.pt; a file: just that file)."""
+    given = context.config.surrogate_path
+    if given:
+        path = Path(given)
+        if path.is_dir():
+            paths = sorted((p for p in path.rglob("*.pt") if p.name != MODEL_FILE), key=_epoch_of)
+            return paths[-context.config.surrogate.num_checkpoints:] or [path / MODEL_FILE]
+        return [path]
+    info = _surrogate_info(context)
+    paths = [context.surrogate_dir / p for p in info["checkpoints"]]
+    return paths or [context.surrogate_dir / info["model"]]
+
+
+def load_ensemble(context) -> list[torch.nn.Module]:
+    """The SEP checkpoints as frozen models on context.device."""
+    _, load_checkpoint, _ = _models_api()
+    paths = surrogate_checkpoint_paths(context)
+    given = context.config.surrogate_path
+    info = {"source": "given", "path": given} if given else dict(_surrogate_info(context))
+    context._surrogate_info = dict(info, ensemble=[str(p) for p in paths], ensemble_size=len(paths))
+    return [freeze(load_checkpoint(str(p), context.device)[0]) for p in paths]
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,152 @@
+"""Per-sample UE baselines em/tap/sep built on mtlue's PGD: budget, direction of the loss change, resume."""
+
+import numpy as np
+import pytest
+import torch
+
+from mtlue.data import open_source
+from mtlue.models.losses import per_sample_loss
+from mtlue.protect.base import ProtectConfig, SurrogateConfig
+from mtlue.protect.driver import protect_source
+from mtlue.protect.samplewise import CheckpointEnsemble, shifted_targets
+
+CPU = torch.device("cpu")
+SPEC = "shapes:n=48,size=16,seed=3"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def source():
+    return open_source(SPEC)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory, source):
+    """Two 'checkpoints' of a surrogate briefly trained on the clean train split."""
+    from mtlue.models.losses import task_losses
+    from mtlue.models.mtl import build_model, save_checkpoint
+    from mtlue.protect.base import batch_to_tensors
+
+    folder = tmp_path_factory.mktemp("ckpts")
+    torch.manual_seed(0)
+    model = build_model(source.tasks, "small_cnn", 3, 16)
+    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+    batch = next(source.batches("train", 64))
+    images, labels, masks = batch_to_tensors(batch, source.tasks, CPU)
+    for epoch in (1, 2):
+        for _ in range(15):
+            loss = task_losses(source.tasks, model(images), labels, masks).sum()
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+        save_checkpoint(model, folder / f"epoch_{epoch}.pt", {"epoch": epoch})
+    return folder
+
+
+def config(method, **changes):
+    base = dict(method=method, epochs=2, batch_size=16, seed=1, steps=4, step_size=2.0,
+                surrogate=SurrogateConfig(backbone="small_cnn"), surrogate_steps=2)
+    base.update(changes)
+    return ProtectConfig(**base)
+
+
+def stored_train(store):
+    import h5py
+
+    images = []
+    for shard in sorted((store / "train").glob("shard-*.h5")):
+        with h5py.File(shard, "r") as f:
+            images.append(f["images"][:])
+    return np.concatenate(images)
+
+
+def base_loss_sum(model, source, images_uint8, method):
+    """Σ over tasks and samples of the base loss the method minimises (EM) or its TAP-signed version."""
+    from mtlue.protect.base import batch_to_tensors
+
+    batch = next(source.batches("train", len(images_uint8)))
+    batch.images = images_uint8
+    images, labels, masks = batch_to_tensors(batch, source.tasks, CPU)
+    targets, targeted = shifted_targets(source.tasks, labels, binary="untargeted")
+    with torch.no_grad():
+        outputs = model(images)
+    total = 0.0
+    for t in source.tasks:
+        loss = per_sample_loss(t, outputs[t.name], targets[t.name] if method == "tap" else labels[t.name])
+        sign = -1.0 if (method == "tap" and not targeted[t.name]) else 1.0
+        total += float((sign * loss * masks[t.name]).sum())
+    return total
+
+
+@pytest.mark.parametrize("objective", ("total", "dgba"))
+def test_tap_stays_in_budget_and_lowers_its_targeted_loss_on_the_surrogate(tmp_path, source, checkpoints, objective):
+    from mtlue.models.mtl import load_checkpoint
+
+    manifest = protect_source(source, tmp_path / "T", config("tap", objective=objective,
+                                                               surrogate_path=str(checkpoints / "epoch_2.pt")),
+                              CPU, progress=False)
+    stored = stored_train(tmp_path / "T")
+    clean = np.concatenate([b.images for b in source.batches("train", 1024)])
+    assert np.abs(stored.astype(int) - clean.astype(int)).max() <= 8
+    assert (stored != clean).mean() > 0.5
+    surrogate = load_checkpoint(str(checkpoints / "epoch_2.pt"), CPU)[0].eval()
+    assert base_loss_sum(surrogate, source, stored, "tap") < base_loss_sum(surrogate, source, clean, "tap")
+    assert manifest["protection"]["method"] == "tap"
+
+
+def test_sep_uses_every_checkpoint_and_stays_in_budget(tmp_path, source, checkpoints):
+    manifest = protect_source(source, tmp_path / "S", config("sep", surrogate_path=str(checkpoints)), CPU, progress=False)
+    stored = stored_train(tmp_path / "S")
+    clean = np.concatenate([b.images for b in source.batches("train", 1024)])
+    assert np.abs(stored.astype(int) - clean.astype(int)).max() <= 8
+    assert manifest["protection"]["surrogate"]["ensemble_size"] == 2
+
+
+def test_checkpoint_ensemble_total_is_the_sum_over_members(source):
+    from mtlue.attacks.objectives import clean_labels, objective_direction, parse_objective
+    from mtlue.models.mtl import build_model
+
+    members = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        members.append(build_model(source.tasks, "small_cnn", 3, 16).eval())
+    ensemble = CheckpointEnsemble(members, source.tasks)
+    batch = next(source.batches("train", 8))
+    from mtlue.protect.base import batch_to_tensors
+
+    images, labels, masks = batch_to_tensors(batch, source.tasks, CPU)
+    total = 0
+    for member in members:
+        safe, bool_masks = clean_labels(member.tasks, labels, masks, CPU)
+        total = total + objective_direction(member, images, safe, bool_masks, parse_objective("total", member.tasks))[0]
+    safe, bool_masks = clean_labels(ensemble.tasks, ensemble.replicate(labels), ensemble.replicate(masks), CPU)
+    joint, _ = objective_direction(ensemble, images, safe, bool_masks, parse_objective("total", ensemble.tasks))
+    assert torch.allclose(joint, total, atol=1e-6)
+
+
+def test_em_lowers_the_poisoned_train_loss_and_resumes_after_a_kill(tmp_path, source):
+    class Killed(Exception):
+        pass
+
+    def kill_after_first_round(iteration):
+        if iteration == 0:
+            raise Killed
+
+    work = tmp_path / "work"
+    with pytest.raises(Killed):
+        protect_source(source, tmp_path / "E", config("em"), CPU, work_dir=work, progress=False,
+                       on_iteration=kill_after_first_round)
+    assert (work / "em" / "state.pt").is_file()
+    resumed = protect_source(source, tmp_path / "E", config("em"), CPU, work_dir=work, progress=False)
+    fresh = protect_source(source, tmp_path / "F", config("em"), CPU, work_dir=tmp_path / "work2", progress=False)
+    assert resumed["protection"]["rounds"] == fresh["protection"]["rounds"] == 2
+    assert np.array_equal(stored_train(tmp_path / "E"), stored_train(tmp_path / "F"))
+    clean = np.concatenate([b.images for b in source.batches("train", 1024)])
+    assert np.abs(stored_train(tmp_path / "E").astype(int) - clean.astype(int)).max() <= 8
