@@ -114,3 +114,19 @@ def test_regulariser_gradients_push_embeddings_apart():
         optimiser.step()
     # three classes at best sit at cos = -1/2 from each other: intra -> 0.5
     assert float(intra_task_loss({"t": weight})) < min(before, 0.6)
+
+
+def test_clamp_keeps_the_hard_bound_but_passes_gradient_where_saturated():
+    from mtlue.models.generator import clamp_to_budget
+
+    raw = torch.tensor([-0.5, -0.01, 0.0, 0.02, 0.9], requires_grad=True)
+    eps = 8 / 255
+    straight = clamp_to_budget(raw, eps, straight_through=True)
+    hard = clamp_to_budget(raw, eps, straight_through=False)
+    assert torch.equal(straight.detach(), hard.detach())
+    assert float(straight.abs().max()) <= eps
+    straight.sum().backward()
+    assert torch.equal(raw.grad, torch.ones(5))  # every pixel stays trainable
+    raw.grad = None
+    hard.sum().backward()
+    assert raw.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 0.0]  # the reference code: saturated pixels get nothing

@@ -5,9 +5,8 @@ torchattacks-style: `PGD(model, eps=8/255, alpha=2/255, steps=25, objective="dgb
 
 from __future__ import annotations
 
-import importlib
+from mtlue.registry import load_registered
 
-from mtlue.errors import ConfigError
 
 # short name -> "module:Class"; adding an attack is one file and one line here.
 ATTACKS = {
@@ -18,10 +17,7 @@ ATTACKS = {
 
 
 def attack_class(name: str):
-    if name not in ATTACKS:
-        raise ConfigError(f"--attack {name!r}: unknown attack (known: {', '.join(ATTACKS)})")
-    module_name, class_name = ATTACKS[name].split(":")
-    return getattr(importlib.import_module(module_name), class_name)
+    return load_registered(ATTACKS, name, "--attack")
 
 
 def build_attack(name: str, model, eps: float, alpha: float, steps: int, objective, targeted: bool = False,

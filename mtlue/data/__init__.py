@@ -6,7 +6,7 @@ Spec strings: `digits` · `shapes[:n=…,size=…,seed=…]` · `folder:PATH` ·
 
 from __future__ import annotations
 
-import importlib
+from mtlue.registry import load_registered
 import os
 
 from mtlue.data.base import Batch, Sample, Source, SourceDataset, TaskSpec
@@ -25,10 +25,7 @@ SOURCES = {
 
 
 def source_class(name: str):
-    if name not in SOURCES:
-        raise SourceError(f"unknown source {name!r} (known: {', '.join(sorted(SOURCES))}, or a store path)")
-    module_name, class_name = SOURCES[name].split(":")
-    return getattr(importlib.import_module(module_name), class_name)
+    return load_registered(SOURCES, name, "source", SourceError)
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:

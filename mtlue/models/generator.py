@@ -67,6 +67,7 @@ class UEGenerator(nn.Module):
         self.tasks = tuple(tasks)
         self.image_shape = (height, width, channels)
         self.epsilon = float(epsilon)
+        self.straight_through = True  # training-time gradient of the clamp; see clamp_to_budget
         self.imagenet_stem = bool(min(height, width) >= IMAGENET_STEM_MIN_SIZE) if imagenet_stem is None else bool(imagenet_stem)
         self.class_tasks = tuple(t for t in self.tasks if t.is_classification)
         self.spatial = (encoder_output_size(height, self.imagenet_stem), encoder_output_size(width, self.imagenet_stem))
@@ -125,11 +126,22 @@ class UEGenerator(nn.Module):
         hidden = z if priors is None else torch.cat([priors.to(z.dtype), z], 1)
         out = self.decoder(hidden)
         out = _fit_size(out, x.shape[-2], x.shape[-1])
-        return out.clamp(-self.epsilon, self.epsilon)
+        return clamp_to_budget(out, self.epsilon, self.straight_through)
 
     def build_args(self) -> dict:
         return {"tasks": [t.to_json() for t in self.tasks], "image_shape": list(self.image_shape),
                 "epsilon": self.epsilon, "imagenet_stem": self.imagenet_stem, "width": self.width}
+
+
+def clamp_to_budget(out: torch.Tensor, epsilon: float, straight_through: bool = True) -> torch.Tensor:
+    """δ = clamp(out, −ε, ε); with `straight_through` the backward pass treats the clamp as identity.
+
+    The value is the paper's hard clamp either way. The reference code's plain clamp passes no
+    gradient where |out| > ε, which is nearly every pixel of a freshly initialised decoder, so the
+    generator barely learns; the straight-through gradient keeps every pixel trainable.
+    """
+    bounded = out.clamp(-epsilon, epsilon)
+    return out + (bounded - out).detach() if straight_through else bounded
 
 
 def _fit_size(out: torch.Tensor, height: int, width: int) -> torch.Tensor:

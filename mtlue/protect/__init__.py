@@ -6,9 +6,8 @@ baselines; lsp/ar: class-wise baselines.
 
 from __future__ import annotations
 
-import importlib
+from mtlue.registry import load_registered
 
-from mtlue.errors import ConfigError
 
 METHODS = {
     "mtlue": "mtlue.protect.mtlue_method:MTLUEMethod",
@@ -21,20 +20,8 @@ METHODS = {
 
 
 def method_class(name: str):
-    """The ProtectionMethod class registered under `name` (ConfigError if unknown or not installed)."""
-    if name not in METHODS:
-        raise ConfigError(f"--method {name!r}: unknown (known: {', '.join(METHODS)})")
-    module_name, class_name = METHODS[name].split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name == module_name:
-            raise ConfigError(f"--method {name!r}: its module {module_name} is not available in this install") from None
-        raise
-    try:
-        return getattr(module, class_name)
-    except AttributeError:
-        raise ConfigError(f"--method {name!r}: {module_name} defines no {class_name}") from None
+    """The ProtectionMethod class registered under `name` (ConfigError if unknown)."""
+    return load_registered(METHODS, name, "--method")
 
 
 def build_method(config):

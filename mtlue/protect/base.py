@@ -81,6 +81,7 @@ class ProtectConfig:
     surrogate_steps: int = 2  # EM: surrogate mini-batches per outer iteration
     generator_width: int = 16  # stem channels of the generator (paper: 64; 16 keeps CPU runs at minutes)
     samples_per_epoch: int = 1024  # samples per outer iteration (0 = the whole split, as the paper)
+    clamp_gradient: str = "straight_through"  # generator: straight_through | zero (the reference code's)
     augment: str = "crop_flip"  # EOT before the surrogate: crop_flip | crop | none
     clamp_inputs: bool = True  # clip x+δ to [0,1] in training as the stored bytes will be (the paper does not)
     work_dir: str | None = None
@@ -98,6 +99,8 @@ class ProtectConfig:
             raise ConfigError(f"--epsilon {self.epsilon}: must be in (0, 255] (1/255 units)")
         if not 0.0 <= self.poison_rate <= 1.0:
             raise ConfigError(f"--poison-rate {self.poison_rate}: must be in [0, 1]")
+        if self.clamp_gradient not in ("straight_through", "zero"):
+            raise ConfigError(f"--clamp-gradient {self.clamp_gradient!r}: one of straight_through, zero")
         if self.augment not in AUGMENTS:
             raise ConfigError(f"--augment {self.augment!r}: one of {', '.join(AUGMENTS)}")
         if self.epochs < 1:

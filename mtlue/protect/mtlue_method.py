@@ -27,7 +27,7 @@ STATE_FILE = "generator-state.pt"
 GENERATOR_FILE = "generator.pt"
 # Settings that must match for a run to resume from a saved generator state.
 RESUME_KEYS = ("base", "epsilon", "batch_size", "lr", "weight_decay", "milestones", "gamma", "lambda_intra",
-               "lambda_inter", "protect_tasks", "seed", "surrogate", "augment", "generator_width", "samples_per_epoch", "clamp_inputs", "surrogate_steps", "stop_error",
+               "lambda_inter", "protect_tasks", "seed", "surrogate", "augment", "generator_width", "samples_per_epoch", "clamp_inputs", "clamp_gradient", "surrogate_steps", "stop_error",
                "surrogate_path")
 
 
@@ -106,6 +106,7 @@ class MTLUEMethod(ProtectionMethod):
         torch.manual_seed(cfg.seed)
         generator = build_generator(context.tasks, context.source.image_shape, cfg.eps,
                                     width=cfg.generator_width).to(device)
+        generator.straight_through = cfg.clamp_gradient == "straight_through"
         optimiser = torch.optim.Adam(generator.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimiser, cfg.scaled_milestones(), cfg.gamma)
         surrogates, surrogate_optimiser = self._surrogates(context)

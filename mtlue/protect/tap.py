@@ -8,7 +8,6 @@ Published: 250 steps (`attackiter`); step max(0.05·ε, 2.5·ε/steps) unless --
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from mtlue.attacks import PGD
 from mtlue.protect.base import ProtectionMethod, batch_to_tensors

@@ -5,9 +5,8 @@ Paper's five: ew, uw, rlw, aligned_mtl, fairgrad. Also: dwa, gradnorm, mgda, pcg
 
 from __future__ import annotations
 
-import importlib
+from mtlue.registry import load_registered
 
-from mtlue.errors import ConfigError
 
 WEIGHTINGS = {
     "ew": "mtlue.weighting.ew:EqualWeighting",
@@ -25,10 +24,7 @@ PAPER_WEIGHTINGS = ("ew", "uw", "rlw", "aligned_mtl", "fairgrad")
 
 
 def weighting_class(name: str):
-    if name not in WEIGHTINGS:
-        raise ConfigError(f"--weighting {name!r}: unknown (one of {', '.join(WEIGHTINGS)})")
-    module_name, class_name = WEIGHTINGS[name].split(":")
-    return getattr(importlib.import_module(module_name), class_name)
+    return load_registered(WEIGHTINGS, name, "--weighting")
 
 
 def build_weighting(name: str, num_tasks: int, **kwargs):
