@@ -169,25 +169,33 @@ def _short_value(value, width: int = 72) -> str:
 @click.option("--grad-space", type=click.Choice(["shared", "representation"]), default="shared", show_default=True,
               help="Gradients the gradient-based weightings combine: exact shared-parameter or representation.")
 @click.option("--checkpoint-every", default=0, show_default=True, type=int, help="Also save DIR/checkpoints/epoch_K.pt every N epochs.")
+@click.option("--defense", default="none", show_default=True,
+              help="Training-time defense: none, grayscale, jpeg<q> (e.g. jpeg10), bdr<bits> (e.g. bdr2), cutout, "
+                   "mixup, cutmix, ueraser_lite, at (PGD adversarial training).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA if present), cpu, cuda, cuda:1, ...")
 @click.option("--workers", default=0, show_default=True, type=int, help="DataLoader worker processes.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @reports_errors
-def train(data, test_spec, weighting, backbone, epochs, batch_size, lr, out_dir, stl, grad_space, checkpoint_every, seed,
-          device, workers, quiet):
+def train(data, test_spec, weighting, backbone, epochs, batch_size, lr, out_dir, stl, grad_space, checkpoint_every,
+          defense, seed, device, workers, quiet):
     """Train a victim multi-task model on DATA and test it on clean data every epoch.
 
     DATA is any SOURCE or store. Writes DIR/metrics.json (per task and epoch, floor, peak, last,
     mean) and DIR/model.pt, and prints the per-task table.
     """
+    import torch
+
     from mtlue.data import open_source
+    from mtlue.defenses import build_defense, canonical_defense_name
     from mtlue.errors import ConfigError
     from mtlue.runtime import resolve_device
     from mtlue.train import TrainConfig, train_model
 
+    defense = canonical_defense_name(defense)
     config = TrainConfig(backbone=backbone, weighting=weighting, epochs=epochs, batch_size=batch_size, lr=lr,
-                         grad_space=grad_space, stl=stl, seed=seed, num_workers=workers, checkpoint_every=checkpoint_every)
+                         grad_space=grad_space, stl=stl, seed=seed, num_workers=workers, checkpoint_every=checkpoint_every,
+                         defense=None if defense == "none" else defense)
     torch_device = resolve_device(device)
     train_source = open_source(data)
     test_source = open_source(test_spec) if test_spec else train_source
@@ -204,8 +212,9 @@ def train(data, test_spec, weighting, backbone, epochs, batch_size, lr, out_dir,
                               f"{test_tasks[task.name].kind}/{test_tasks[task.name].num_classes} in --test")
     out_dir = out_dir or f"runs/train-{weighting}"
     floor_labels = {t.name: train_source.label_array("train", t.name) for t in train_source.tasks}
+    hook = build_defense(defense, train_source.tasks, generator=torch.Generator().manual_seed(seed + 7))
     result = train_model(config, train_source.dataset("train"), test_source.dataset("test"), train_source.tasks,
-                         torch_device, out_dir=out_dir, progress=not quiet, floor_labels=floor_labels)
+                         torch_device, out_dir=out_dir, defense=hook, progress=not quiet, floor_labels=floor_labels)
     history = result.history
     click.echo(f"{'task':<22}{'metric':<19}{'floor':>8}{'peak':>8}{'last':>8}")
     for task in train_source.tasks:

@@ -12,4 +12,10 @@ def load_registered(table: dict, name: str, option: str, error=ConfigError):
     if name not in table:
         raise error(f"{option} {name!r}: unknown (known: {', '.join(table)})")
     module_name, class_name = table[name].split(":")
-    return getattr(importlib.import_module(module_name), class_name)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        raise error(f"{option} {name!r}: its module {module_name} is not available in this install") from None
+    return getattr(module, class_name)

@@ -98,10 +98,10 @@ def evaluate(model, loader, tasks, device, classification_metric: str = "accurac
 
 
 def _defended_losses(tasks, outputs, targets: list, masks) -> torch.Tensor:
-    """Σ_j weight_j · task_losses(labels_j), for the (weight, labels) pairs a defense returns."""
+    """Σ_j weight_j · task_losses(labels_j), for the (weight, labels[, masks]) targets a defense returns."""
     total = None
-    for weight, labels in targets:
-        part = weight * task_losses(tasks, outputs, labels, masks)
+    for weight, labels, *target_masks in targets:
+        part = weight * task_losses(tasks, outputs, labels, target_masks[0] if target_masks else masks)
         total = part if total is None else total + part
     return total
 

@@ -88,14 +88,15 @@ def test_mixup_returns_a_convex_combination_and_weights_that_sum_to_one():
     labels, masks = batch_labels(8)
     defense = build_defense("mixup", TASKS, generator=torch.Generator().manual_seed(3))
     mixed, targets = defense(images, labels, masks, model=None)
-    (lam, first), (rest, second) = targets
+    (lam, first, first_masks), (rest, second, second_masks) = targets
     assert lam + rest == pytest.approx(1.0) and 0 <= lam <= 1
-    assert first is labels
+    assert first is labels and first_masks is masks
     # the same generator seed reproduces the permutation: check pixels and permuted labels
     _, perm, lam2 = mixup(images, 1.0, torch.Generator().manual_seed(3))
     assert lam2 == pytest.approx(lam)
     assert torch.allclose(mixed, lam * images + (1 - lam) * images[perm], atol=1e-6)
     assert torch.equal(second["digit"], labels["digit"][perm])
+    assert torch.equal(second_masks["digit"], masks["digit"][perm])  # a missing label stays with its image
 
 
 def test_cutmix_pastes_one_box_and_weights_labels_by_area():
@@ -104,7 +105,7 @@ def test_cutmix_pastes_one_box_and_weights_labels_by_area():
     labels, masks = batch_labels(8)
     for seed in range(5):
         defense = build_defense("cutmix", TASKS, generator=torch.Generator().manual_seed(seed))
-        mixed, [(lam, first), (rest, second)] = defense(images, labels, masks, model=None)
+        mixed, [(lam, first, _), (rest, second, _)] = defense(images, labels, masks, model=None)
         assert lam + rest == pytest.approx(1.0)
         _, perm, _ = cutmix(images, 1.0, torch.Generator().manual_seed(seed))
         for i in range(8):

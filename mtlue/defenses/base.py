@@ -1,9 +1,9 @@
 """The defense hook interface and the helpers every defense shares.
 
 A defense is called on each training batch as
-``defense(images, labels, masks, model) -> (images, [(weight, labels_dict), ...])``:
+``defense(images, labels, masks, model) -> (images, [(weight, labels_dict[, masks_dict]), ...])``:
 images are float in [0, 1], shape (B, C, H, W), on any device; the victim's loss per task is
-``Σ_j weight_j · task_loss(labels_j)`` with the batch's own masks. Weights are python floats
+``Σ_j weight_j · task_loss(labels_j)`` with masks_j (the batch's own masks when a target has none). Weights are python floats
 (one per target, summing to 1), so the training loop needs no per-sample weighting.
 """
 

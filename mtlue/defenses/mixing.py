@@ -1,9 +1,9 @@
 """Label-mixing augmentations: mixup (Zhang et al., ICLR 2018) and cutmix (Yun et al., ICCV 2019).
 
 One λ per batch, as the reference implementations: images are mixed with a random permutation
-of the batch and the hook returns ``[(λ, labels), (1 − λ, labels[perm])]``, so the victim's loss is
-λ·ℓ(y) + (1 − λ)·ℓ(y_perm) with python-float weights summing to 1. The permuted half uses the
-batch's own missing-label masks (the hook returns labels only). Randomness (λ ~ Beta(α, α),
+of the batch and the hook returns ``[(λ, labels, masks), (1 − λ, labels[perm], masks[perm])]``, so the
+victim's loss is λ·ℓ(y) + (1 − λ)·ℓ(y_perm) with python-float weights summing to 1; a label missing
+in either half counts only in the half it belongs to. Randomness (λ ~ Beta(α, α),
 the permutation, the cutmix box) comes from an explicit torch.Generator.
 """
 
@@ -67,7 +67,7 @@ def permuted_labels(labels: dict, perm: torch.Tensor) -> dict:
 
 
 class MixUp(Defense):
-    """mixup as a training hook: returns [(λ, labels), (1 − λ, labels[perm])]."""
+    """mixup as a training hook: returns [(λ, labels, masks), (1 − λ, labels[perm], masks[perm])]."""
 
     name = "mixup"
 
@@ -78,11 +78,11 @@ class MixUp(Defense):
 
     def forward(self, images, labels, masks, model):
         mixed, perm, lam = mixup(images, self.alpha, self.generator)
-        return mixed, [(lam, labels), (1.0 - lam, permuted_labels(labels, perm))]
+        return mixed, [(lam, labels, masks), (1.0 - lam, permuted_labels(labels, perm), permuted_labels(masks, perm))]
 
 
 class CutMix(Defense):
-    """cutmix as a training hook: returns [(λ, labels), (1 − λ, labels[perm])], λ = kept area."""
+    """cutmix as a training hook: returns [(λ, labels, masks), (1 − λ, labels[perm], masks[perm])], λ = kept area."""
 
     name = "cutmix"
 
@@ -93,4 +93,4 @@ class CutMix(Defense):
 
     def forward(self, images, labels, masks, model):
         mixed, perm, lam = cutmix(images, self.alpha, self.generator)
-        return mixed, [(lam, labels), (1.0 - lam, permuted_labels(labels, perm))]
+        return mixed, [(lam, labels, masks), (1.0 - lam, permuted_labels(labels, perm), permuted_labels(masks, perm))]
