@@ -141,7 +141,7 @@ def clamp_to_budget(out: torch.Tensor, epsilon: float, straight_through: bool = 
     generator barely learns; the straight-through gradient keeps every pixel trainable.
     """
     bounded = out.clamp(-epsilon, epsilon)
-    return bounded + (out - out.detach()) if straight_through else bounded  # x − x is exactly 0: same value
+    return bounded.detach() + (out - out.detach()) if straight_through else bounded  # x − x is exactly 0
 
 
 def _fit_size(out: torch.Tensor, height: int, width: int) -> torch.Tensor:
