@@ -232,3 +232,17 @@ def test_cli_protect_writes_a_store_and_refuses_to_clobber_it(tmp_path):
     assert again.exit_code == 1 and "--overwrite" in again.output
     bad = CliRunner().invoke(main, args[:3] + ["--protect-tasks", "nope", "--overwrite"] + args[3:])
     assert bad.exit_code == 1 and "--protect-tasks" in bad.output
+
+
+def test_two_protect_runs_with_one_seed_write_identical_shards(tmp_path):
+    from mtlue.data import open_source
+    from mtlue.protect.base import ProtectConfig, SurrogateConfig
+    from mtlue.protect.driver import protect_source
+
+    source = open_source("shapes:n=64,size=16,seed=2")
+    config = ProtectConfig(method="mtlue", base="tap", epochs=2, batch_size=16, generator_width=8,
+                           surrogate=SurrogateConfig(epochs=1, batch_size=32))
+    first = protect_source(source, tmp_path / "a", config, torch.device("cpu"), progress=False)
+    second = protect_source(source, tmp_path / "b", config, torch.device("cpu"), progress=False)
+    assert [s["sha256"] for s in first["splits"]["train"]["shards"]] == \
+           [s["sha256"] for s in second["splits"]["train"]["shards"]]

@@ -113,7 +113,9 @@ class UEGenerator(nn.Module):
                 chosen = mean
             else:
                 label = labels[task.name].reshape(-1).long().clamp(0, task.num_classes - 1)
-                chosen = weight[label]
+                # one-hot product, not weight[label]: the indexing backward sums rows in a
+                # thread-dependent order on CPU, which made generator runs differ bit-wise
+                chosen = F.one_hot(label, task.num_classes).to(weight.dtype) @ weight
                 mask = masks.get(task.name)
                 if mask is not None:
                     chosen = torch.where(mask.reshape(-1, 1).bool(), chosen, mean)
