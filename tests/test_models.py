@@ -10,14 +10,6 @@ from mtlue.models import build_model, load_checkpoint, save_checkpoint
 TASKS = (TaskSpec("smile", "binary", 2), TaskSpec("age", "multiclass", 9), TaskSpec("score", "regression", 1))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # the test machine is shared: one intra-op thread avoids oversubscription and is faster here
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _check_outputs(outputs, batch):
     assert set(outputs) == {"smile", "age", "score"}

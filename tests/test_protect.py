@@ -20,14 +20,6 @@ CPU = torch.device("cpu")
 SPEC = "shapes:n=48,size=16,seed=3"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny convolutions run fastest single-threaded on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def source():

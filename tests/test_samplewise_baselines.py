@@ -14,13 +14,6 @@ CPU = torch.device("cpu")
 SPEC = "shapes:n=48,size=16,seed=3"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def source():

@@ -16,14 +16,6 @@ SPEC = "shapes:n=240,size=16"
 FAST = ("ew", "aligned_mtl")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # the test machine is shared: one intra-op thread avoids oversubscription and is faster here
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def shapes():

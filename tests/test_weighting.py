@@ -18,14 +18,6 @@ LOSSES = torch.tensor([1.0, 1.0], dtype=torch.float64)
 GRADIENT_BASED = [name for name in WEIGHTINGS if build_weighting(name, 2).uses_gradients]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # the test machine is shared: one intra-op thread avoids oversubscription and is faster here
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def combined(name, grads, **kwargs):
     weighting = build_weighting(name, len(grads), **kwargs)
