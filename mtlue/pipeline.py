@@ -126,7 +126,7 @@ def run_pipeline(recipe: Recipe, runs_dir: str = "runs", device=None, resume: bo
         "generator": lambda stage: _generator_stage(plan, source, device, stage, progress),
         "shards": lambda stage: _shards_stage(plan, source, device, stage, progress),
         "victims": lambda stage: _victims_stage(plan, source, device, stage, progress),
-        "report": lambda stage: _report_stage(plan, source, stage),
+        "report": lambda stage: _report_stage(plan, source, device, stage),
     }
     outcome = {}
     for name in STAGES:
@@ -186,14 +186,14 @@ def _victims_stage(plan: RunPlan, source, device, stage: Stage, progress: bool) 
     return {"victims": len(rows)}
 
 
-def _report_stage(plan: RunPlan, source, stage: Stage) -> dict:
+def _report_stage(plan: RunPlan, source, device, stage: Stage) -> dict:
     from mtlue.data import open_source
     from mtlue.store import update_manifest
     from mtlue.verify import train_victim_grid, verification_summary, write_verification
 
     protected = open_source(plan.store_dir)
-    # every victim is finished (victims stage): this only reads their metrics.json
-    rows = train_victim_grid(protected, source, plan.verify, os.path.join(plan.run_dir, "victims"), "cpu", False)
+    # the victims stage finished every victim, so this only reads their metrics.json
+    rows = train_victim_grid(protected, source, plan.verify, os.path.join(plan.run_dir, "victims"), device, False)
     result = write_verification(rows, protected, source, plan.verify, stage.path,
                                 title=f"mtlue run {plan.recipe.name}", notes={"recipe": plan.recipe.path})
     summary = verification_summary(result)

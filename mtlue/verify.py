@@ -62,9 +62,8 @@ class VerifyConfig:
 
 def data_identity(source: Source) -> dict:
     """What identifies a training set in a victim fingerprint: its store checksums or its spec."""
-    manifest_file = os.path.join(getattr(source, "store_dir", "") or "", "manifest.json")
-    if os.path.isfile(manifest_file):
-        manifest = read_json(manifest_file)
+    manifest = getattr(source, "manifest", None)  # ShardSource: the store's parsed manifest
+    if manifest:
         return {"store": [s.get("sha256") for split in manifest.get("splits", {}).values() for s in split.get("shards", [])]}
     return {"source": getattr(source, "spec", None) or source.name, "sizes": {s: source.size(s) for s in source.splits()}}
 
