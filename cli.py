@@ -269,10 +269,12 @@ def train(data, test_spec, weighting, backbone, epochs, batch_size, lr, out_dir,
                    "(--no-clamp: the paper's unclipped x+δ).")
 @click.option("--objective", type=click.Choice(["total", "dgba"]), default="total", show_default=True,
               help="Baselines: how per-task losses combine.")
-@click.option("--steps", type=int, default=20, show_default=True, help="Baselines: PGD steps.")
+@click.option("--steps", type=int, default=None,
+              help="Per-sample baselines: PGD steps [default: as published: em 20, tap 250, sep 30].")
 @click.option("--fusion", type=click.Choice(["average", "patch"]), default="average", show_default=True,
               help="Class-wise baselines: how K task patterns combine.")
-@click.option("--norm", type=click.Choice(["linf", "l2"]), default="linf", show_default=True, help="Baselines: norm.")
+@click.option("--norm", type=click.Choice(["linf", "l2"]), default=None,
+              help="Class-wise baselines: budget norm [default: l2 as the LSP/AR papers, then clipped to ε].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto · cpu · cuda · cuda:N.")
 @click.option("--work-dir", default=None, type=click.Path(file_okay=False),

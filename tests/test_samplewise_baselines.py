@@ -143,3 +143,17 @@ def test_em_lowers_the_poisoned_train_loss_and_resumes_after_a_kill(tmp_path, so
     assert np.array_equal(stored_train(tmp_path / "E"), stored_train(tmp_path / "F"))
     clean = np.concatenate([b.images for b in source.batches("train", 1024)])
     assert np.abs(stored_train(tmp_path / "E").astype(int) - clean.astype(int)).max() <= 8
+
+
+def test_unset_steps_and_norm_follow_the_published_defaults(tmp_path, source, checkpoints):
+    """`mtlue protect --method tap` without --steps runs TAP's published 250 steps; lsp/ar default to L2."""
+    from mtlue.errors import ConfigError
+
+    manifest = protect_source(source, tmp_path / "T", config("tap", steps=None, surrogate_path=str(checkpoints / "epoch_2.pt")),
+                              CPU, progress=False)
+    assert manifest["protection"]["steps"] == 250
+    assert manifest["protection"]["norm"] == "linf"
+    assert ProtectConfig(method="lsp").pattern_norm == "l2"
+    assert ProtectConfig(method="ar", norm="linf").pattern_norm == "linf"
+    with pytest.raises(ConfigError, match="--norm l2"):
+        ProtectConfig(method="em", norm="l2")

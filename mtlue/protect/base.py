@@ -23,6 +23,7 @@ BASES = ("em", "tap", "sep")
 OBJECTIVES = ("total", "dgba")
 FUSIONS = ("average", "patch")
 NORMS = ("linf", "l2")
+CLASSWISE_METHODS = ("lsp", "ar")
 AUGMENTS = ("crop_flip", "crop", "none")
 
 
@@ -73,10 +74,10 @@ class ProtectConfig:
     generator_path: str | None = None
     surrogate: SurrogateConfig = field(default_factory=SurrogateConfig)
     objective: str = "total"  # baselines: total | dgba
-    steps: int = 20  # baselines: PGD steps
+    steps: int | None = None  # baselines: PGD steps (None: the method's published count, em 20 / tap 250 / sep 30)
     step_size: float | None = None  # baselines: 1/255 units; None = method default
     fusion: str = "average"  # class-wise baselines: average | patch
-    norm: str = "linf"  # baselines
+    norm: str | None = None  # class-wise baselines: linf | l2 (None: l2, the LSP/AR papers' budget)
     stop_error: float = 0.01  # EM: stop when poisoned-train error <= this
     surrogate_steps: int = 2  # EM: surrogate mini-batches per outer iteration
     generator_width: int = 16  # stem channels of the generator (paper: 64; 16 keeps CPU runs at minutes)
@@ -93,8 +94,13 @@ class ProtectConfig:
             raise ConfigError(f"--objective {self.objective!r}: one of {', '.join(OBJECTIVES)}")
         if self.fusion not in FUSIONS:
             raise ConfigError(f"--fusion {self.fusion!r}: one of {', '.join(FUSIONS)}")
-        if self.norm not in NORMS:
+        if self.norm is not None and self.norm not in NORMS:
             raise ConfigError(f"--norm {self.norm!r}: one of {', '.join(NORMS)}")
+        if self.norm == "l2" and self.method not in CLASSWISE_METHODS:
+            raise ConfigError(f"--norm l2 applies to the class-wise baselines ({', '.join(CLASSWISE_METHODS)}); "
+                              f"--method {self.method} perturbs within the L∞ ball only")
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError(f"--steps {self.steps}: must be >= 1")
         if not 0 < self.epsilon <= 255:
             raise ConfigError(f"--epsilon {self.epsilon}: must be in (0, 255] (1/255 units)")
         if not 0.0 <= self.poison_rate <= 1.0:
@@ -107,6 +113,11 @@ class ProtectConfig:
             raise ConfigError(f"--epochs {self.epochs}: must be >= 1")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size {self.batch_size}: must be >= 1")
+
+    @property
+    def pattern_norm(self) -> str:
+        """The class-wise budget in force: --norm, else L2 as the LSP and AR papers use."""
+        return self.norm or "l2"
 
     @property
     def eps(self) -> float:

@@ -186,7 +186,7 @@ class ClasswiseMethod(ProtectionMethod):
 
     def delta_for(self, labels: dict, masks: dict) -> np.ndarray:
         fused = self.table.fuse(labels, masks, self.config.fusion, self.protected)
-        return scale_to_budget(fused, self.config.norm, self.config.eps, self.target_l2)
+        return scale_to_budget(fused, self.config.pattern_norm, self.config.eps, self.target_l2)
 
     def perturb(self, batch, device) -> np.ndarray:
         if self.table is None:
@@ -218,7 +218,7 @@ class ClasswiseMethod(ProtectionMethod):
     def record(self) -> dict:
         cfg = self.config
         info = {
-            "norm": cfg.norm,
+            "norm": cfg.pattern_norm,
             "fusion": cfg.fusion,
             "seed": cfg.seed,
             "pattern_tasks": list(self.table.task_names) if self.table else [],
@@ -227,10 +227,10 @@ class ClasswiseMethod(ProtectionMethod):
             "pattern_protected_tasks": list(self.protected),
             "unprotected_task_rule": "mean of the task's class patterns",
             "missing_label_rule": "zero pattern",
-            "target_l2": self.target_l2 if cfg.norm == "l2" else None,
-            "target_l2_rule": self.l2_rule if cfg.norm == "l2" else None,
+            "target_l2": self.target_l2 if cfg.pattern_norm == "l2" else None,
+            "target_l2_rule": self.l2_rule if cfg.pattern_norm == "l2" else None,
             "target_linf": cfg.eps,
-            "l2_then_linf_clip": cfg.norm == "l2",
+            "l2_then_linf_clip": cfg.pattern_norm == "l2",
         }
         if cfg.fusion == "patch" and self.table:
             info["fusion_grid"] = fusion_grid_size(len(self.table.task_names))

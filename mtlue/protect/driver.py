@@ -19,7 +19,7 @@ import torch
 
 from mtlue.data.base import Batch, Source
 from mtlue.errors import ConfigError, ProtectionError, StoreError
-from mtlue.protect.base import ProtectConfig, ProtectContext, atomic_write_json
+from mtlue.protect.base import CLASSWISE_METHODS, ProtectConfig, ProtectContext, atomic_write_json
 
 APPLY_RULE = "stored = round(clip(x*255 + delta*255, 0, 255)) as uint8 (round half to even); x, delta in [0,1] units"
 DEFAULT_SHARD_SIZE = 2048
@@ -137,7 +137,7 @@ def protection_record(config: ProtectConfig, method, context: ProtectContext) ->
         "base": config.base if config.method == "mtlue" else None,
         "epsilon": config.epsilon,
         "epsilon_units": "1/255",
-        "norm": "linf" if config.method == "mtlue" else config.norm,
+        "norm": config.pattern_norm if config.method in CLASSWISE_METHODS else "linf",
         "apply_rule": APPLY_RULE,
         "seed": config.seed,
         "lambda_intra": config.lambda_intra,
