@@ -150,13 +150,19 @@ def run_pipeline(recipe: Recipe, runs_dir: str = "runs", device=None, resume: bo
 def _surrogate_stage(plan: RunPlan, source, device, stage: Stage, progress: bool) -> dict:
     from mtlue.train import train_model
 
+    protect = plan.protect
+    if protect.surrogate_path:
+        return {"trained": False, "why": "[protect] surrogate_path names one"}
+    if not protect.uses_clean_surrogate:  # EM trains its own surrogate; LSP/AR use none
+        return {"trained": False, "why": f"method {protect.method} (base {protect.base}) uses no clean surrogate"}
     result = train_model(plan.surrogate, source.dataset("train"), source.dataset("test"), source.tasks, device,
                          out_dir=stage.path, progress=progress)
     return {"mean": result.history.get("mean")}
 
 
 def _generator_config(plan: RunPlan, stage_dir: str):
-    return plan.protect.with_(work_dir=stage_dir, surrogate_path=plan.protect.surrogate_path or plan.surrogate_dir)
+    surrogate_path = plan.protect.surrogate_path or (plan.surrogate_dir if plan.protect.uses_clean_surrogate else None)
+    return plan.protect.with_(work_dir=stage_dir, surrogate_path=surrogate_path)
 
 
 def _generator_stage(plan: RunPlan, source, device, stage: Stage, progress: bool) -> dict:

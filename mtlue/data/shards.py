@@ -14,6 +14,7 @@ import numpy as np
 from mtlue.data.base import Batch, Sample, Source, TaskSpec
 from mtlue.errors import StoreError
 
+IMAGE_CACHE_BYTES = 256 * 2**20  # per process, whole shards decoded in memory (small stores only)
 READ_CACHE_BYTES = 4 * 1024 * 1024
 
 
@@ -43,6 +44,7 @@ class ShardSource(Source):
             self._shards[split] = paths
             self._offsets[split] = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self._handles, self._meta, self._pid = {}, {}, None  # per process: see _file
+        self._images, self._cached_bytes = {}, 0  # per process: whole small shards' images (see _cached_images)
 
     @classmethod
     def from_spec(cls, arg: str | None, seed: int | None = None) -> "ShardSource":
@@ -57,6 +59,7 @@ class ShardSource(Source):
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_handles"], state["_meta"], state["_pid"] = {}, {}, None
+        state["_images"], state["_cached_bytes"] = {}, 0
         return state
 
     def close(self) -> None:
@@ -78,7 +81,8 @@ class ShardSource(Source):
         shard, local = self._locate(split, position)
         f = self._file(split, shard)
         meta = self._metadata(split, shard)
-        image = self._read(split, shard, lambda: f["images"][local])
+        images = self._cached_images(split, shard)
+        image = images[local] if images is not None else self._read(split, shard, lambda: f["images"][local])
         labels = {}
         for t in self.tasks:
             values = meta["labels"].get(t.name)
@@ -130,6 +134,7 @@ class ShardSource(Source):
 
         if self._pid != os.getpid():
             self._handles, self._meta, self._pid = {}, {}, os.getpid()
+            self._images, self._cached_bytes = {}, 0
         path = self._shards[split][shard]
         handle = self._handles.get(path)
         if handle is None:
@@ -161,6 +166,24 @@ class ShardSource(Source):
 
             meta = self._meta[path] = self._read(split, shard, read_all)
         return meta
+
+    def _cached_images(self, split: str, shard: int):
+        """The shard's whole decoded image array while this process holds at most IMAGE_CACHE_BYTES of them.
+
+        Training reads samples one at a time in random order; one h5py call per sample costs more
+        than the small model's step on a 32-px store, so small stores are decoded once per process.
+        Larger stores (CelebA, ChestX-ray14) stay on per-item reads: None."""
+        f = self._file(split, shard)  # first: resets the caches after a fork
+        path = self._shards[split][shard]
+        images = self._images.get(path)
+        if images is None:
+            dataset = f["images"]
+            size = int(np.prod(dataset.shape)) * dataset.dtype.itemsize
+            if self._cached_bytes + size > IMAGE_CACHE_BYTES:
+                return None
+            images = self._images[path] = self._read(split, shard, lambda: dataset[:])
+            self._cached_bytes += size
+        return images
 
     def _rows(self, f, a: int, b: int) -> Batch:
         names = [t.name for t in self.tasks]

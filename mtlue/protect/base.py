@@ -115,6 +115,13 @@ class ProtectConfig:
             raise ConfigError(f"--batch-size {self.batch_size}: must be >= 1")
 
     @property
+    def uses_clean_surrogate(self) -> bool:
+        """TAP and SEP (MTL-UE bases or per-sample baselines) perturb against a clean surrogate;
+        EM trains its own from scratch and the class-wise baselines need none."""
+        base = self.base if self.method == "mtlue" else self.method
+        return base in ("tap", "sep")
+
+    @property
     def pattern_norm(self) -> str:
         """The class-wise budget in force: --norm, else L2 as the LSP and AR papers use."""
         return self.norm or "l2"
