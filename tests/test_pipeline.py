@@ -124,6 +124,19 @@ def test_killed_run_resumes_to_the_same_report(tmp_path, monkeypatch):
     assert set(again["stages"].values()) == {"skipped"}
 
 
+def test_em_base_trains_no_clean_surrogate(tmp_path):
+    """EM trains its own surrogate alongside the generator: the surrogate stage finishes without training one."""
+    recipe = load_recipe(write_recipe(tmp_path, base="em"))
+    result = run_pipeline(recipe, str(tmp_path / "runs"), device="cpu", progress=False, log=lambda _: None)
+    run_dir = tmp_path / "runs" / "tiny"
+    stage = json.loads((run_dir / "surrogate" / "stage.json").read_text())
+    assert stage["status"] == "done" and stage["summary"]["trained"] is False
+    assert not (run_dir / "surrogate" / "model.pt").exists()
+    manifest = json.loads((run_dir / "store" / "manifest.json").read_text())
+    assert manifest["protection"]["base"] == "em" and "path" not in manifest["protection"]["surrogate"]
+    assert result["verdict"] in ("PASS", "FAIL")
+
+
 @pytest.mark.slow
 def test_verify_exits_3_when_a_release_is_learnable(tmp_path):
     runner = CliRunner()
