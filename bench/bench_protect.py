@@ -52,12 +52,12 @@ def protect_once(n: int, size: int, width: int, batch_size: int, tmp: Path, devi
 def generator_forward_only(n: int, size: int, width: int, batch_size: int, tmp: Path, device) -> float:
     """Seconds of G(x, y) alone over the same images (tensors prepared beforehand)."""
     from mtlue.models.generator import load_generator
-    from mtlue.protect.base import batch_to_tensors
+    from mtlue.data.base import batch_tensors
 
     source, path = _setup(n, size, width, tmp)
     generator, _ = load_generator(path, device)
     generator.eval()
-    batches = [batch_to_tensors(b, source.tasks, device) for b in source.batches("train", batch_size)]
+    batches = [batch_tensors(b, device) for b in source.batches("train", batch_size)]
     start = time.perf_counter()
     with torch.no_grad():
         for x, labels, masks in batches:
@@ -66,27 +66,24 @@ def generator_forward_only(n: int, size: int, width: int, batch_size: int, tmp: 
 
 
 def pgd_per_sample(n: int, size: int, batch_size: int, device, steps: int = 20) -> float:
-    """Seconds of per-sample PGD-20 (L∞ 8/255, step 0.8/255, TAP-style loss) through an untrained small_cnn."""
+    """Seconds of per-sample PGD-20 (L∞ 8/255, step 0.8/255) with TAP's targets through an untrained small_cnn:
+    the attack the `--method tap` baseline runs, at 20 steps."""
+    from mtlue.attacks import PGD
     from mtlue.data import open_source
+    from mtlue.data.base import batch_tensors
     from mtlue.models.mtl import build_model
-    from mtlue.protect.base import batch_to_tensors
-    from mtlue.protect.objectives import base_loss
+    from mtlue.protect.objectives import base_targets
+    from mtlue.protect.surrogate import freeze
 
     source = open_source(f"shapes:n={n},size={size},seed=0")
     torch.manual_seed(0)
-    model = build_model(source.tasks, "small_cnn", source.image_shape[2], source.image_shape[0]).to(device).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    batches = [batch_to_tensors(b, source.tasks, device) for b in source.batches("train", batch_size)]
-    eps, alpha = 8 / 255, 0.8 / 255
+    model = freeze(build_model(source.tasks, "small_cnn", source.image_shape[2], source.image_shape[0]).to(device))
+    batches = [batch_tensors(b, device) for b in source.batches("train", batch_size)]
     start = time.perf_counter()
     for x, labels, masks in batches:
-        delta = torch.zeros_like(x).uniform_(-eps, eps)
-        for _ in range(steps):
-            delta.requires_grad_(True)
-            loss = base_loss("tap", source.tasks, model(x + delta), labels, masks)
-            (grad,) = torch.autograd.grad(loss, delta)
-            delta = (delta.detach() - alpha * grad.sign()).clamp(-eps, eps)
+        targets, targeted = base_targets("tap", source.tasks, labels)
+        PGD(model, eps=8 / 255, alpha=0.8 / 255, steps=steps, random_start=False, objective="total",
+            targeted=targeted)(x, targets, masks)
     return time.perf_counter() - start
 
 

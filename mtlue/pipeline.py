@@ -43,6 +43,12 @@ class RunPlan:
     def surrogate_dir(self) -> str:
         return os.path.join(self.run_dir, "surrogate")
 
+    @property
+    def trains_surrogate(self) -> bool:
+        """The surrogate stage trains a clean model only for a TAP/SEP base that was not handed one.
+        EM trains its own surrogate with the generator; LSP/AR need none."""
+        return self.protect.uses_clean_surrogate and not self.protect.surrogate_path
+
 
 def plan_run(recipe: Recipe, runs_dir: str = "runs") -> RunPlan:
     """Turn recipe tables into configs; unknown keys raise ConfigError naming the table and key."""
@@ -81,7 +87,8 @@ def _stage_params(plan: RunPlan) -> dict:
     protect.pop("work_dir", None)
     verify = asdict(plan.verify)
     return {
-        "surrogate": {"source": plan.recipe.source, "train": asdict(plan.surrogate)},
+        "surrogate": {"source": plan.recipe.source, "train": asdict(plan.surrogate)} if plan.trains_surrogate
+        else {"trained": False},
         "generator": {"protect": protect},
         "shards": {"shard_size": plan.recipe.shard_size},
         "victims": {"verify": verify},
@@ -150,19 +157,17 @@ def run_pipeline(recipe: Recipe, runs_dir: str = "runs", device=None, resume: bo
 def _surrogate_stage(plan: RunPlan, source, device, stage: Stage, progress: bool) -> dict:
     from mtlue.train import train_model
 
-    protect = plan.protect
-    if protect.surrogate_path:
-        return {"trained": False, "why": "[protect] surrogate_path names one"}
-    if not protect.uses_clean_surrogate:  # EM trains its own surrogate; LSP/AR use none
-        return {"trained": False, "why": f"method {protect.method} (base {protect.base}) uses no clean surrogate"}
+    if not plan.trains_surrogate:
+        return {"trained": False}
     result = train_model(plan.surrogate, source.dataset("train"), source.dataset("test"), source.tasks, device,
                          out_dir=stage.path, progress=progress)
     return {"mean": result.history.get("mean")}
 
 
 def _generator_config(plan: RunPlan, stage_dir: str):
-    surrogate_path = plan.protect.surrogate_path or (plan.surrogate_dir if plan.protect.uses_clean_surrogate else None)
-    return plan.protect.with_(work_dir=stage_dir, surrogate_path=surrogate_path)
+    if not plan.trains_surrogate:  # the recipe's own surrogate_path, or none at all
+        return plan.protect.with_(work_dir=stage_dir)
+    return plan.protect.with_(work_dir=stage_dir, surrogate_path=plan.surrogate_dir)
 
 
 def _generator_stage(plan: RunPlan, source, device, stage: Stage, progress: bool) -> dict:

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from mtlue.data.base import item_tensors
 from mtlue.errors import ConfigError
 from mtlue.metrics import best_value, majority_floor, nanmean, primary_metric, task_metrics
 from mtlue.models.losses import predictions, task_losses
@@ -68,20 +69,13 @@ def _as_dataset(data, split: str):
     return data.dataset(split) if hasattr(data, "dataset") and hasattr(data, "splits") else data
 
 
-def _to_device(batch: dict, device: torch.device):
-    images = batch["image"].to(device, non_blocking=True).float().div_(255.0)
-    labels = {k: v.to(device, non_blocking=True) for k, v in batch["labels"].items()}
-    masks = {k: v.to(device, non_blocking=True) for k, v in batch["masks"].items()}
-    return images, labels, masks
-
-
 def evaluate(model, loader, tasks, device, classification_metric: str = "accuracy") -> tuple[dict, dict]:
     """Test metrics per task -> ({task: {metric: value}}, {task: (labels, masks)})."""
     model.eval()
     preds, scores, labels, masks = ({t.name: [] for t in tasks} for _ in range(4))
     with torch.no_grad():
         for batch in loader:
-            images, batch_labels, batch_masks = _to_device(batch, device)
+            images, batch_labels, batch_masks = item_tensors(batch, device)
             outputs = model(images)
             for t in tasks:
                 preds[t.name].append(predictions(t, outputs[t.name]).cpu().numpy())
@@ -141,7 +135,7 @@ def train_model(config: TrainConfig, train_data, test_data, tasks, device, out_d
         loss_sum, steps, epoch_start = torch.zeros(len(tasks), dtype=torch.float64), 0, time.perf_counter()
         bar = tqdm(train_loader, desc=f"{config.weighting} epoch {epoch}/{config.epochs}", leave=False, disable=not progress)
         for batch in bar:
-            images, labels, masks = _to_device(batch, device)
+            images, labels, masks = item_tensors(batch, device)
             if collected is not None and epoch == 1:
                 for t in tasks:
                     collected[t.name][0].append(batch["labels"][t.name].numpy())

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from mtlue.data import open_source
-from mtlue.models.losses import per_sample_loss
 from mtlue.protect.base import ProtectConfig, SurrogateConfig
 from mtlue.protect.driver import protect_source
-from mtlue.protect.samplewise import CheckpointEnsemble, shifted_targets
+from mtlue.protect.objectives import per_sample_base_loss
+from mtlue.protect.samplewise import CheckpointEnsemble
 
 CPU = torch.device("cpu")
 SPEC = "shapes:n=48,size=16,seed=3"
@@ -25,14 +25,14 @@ def checkpoints(tmp_path_factory, source):
     """Two 'checkpoints' of a surrogate briefly trained on the clean train split."""
     from mtlue.models.losses import task_losses
     from mtlue.models.mtl import build_model, save_checkpoint
-    from mtlue.protect.base import batch_to_tensors
+    from mtlue.data.base import batch_tensors
 
     folder = tmp_path_factory.mktemp("ckpts")
     torch.manual_seed(0)
     model = build_model(source.tasks, "small_cnn", 3, 16)
     optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
     batch = next(source.batches("train", 64))
-    images, labels, masks = batch_to_tensors(batch, source.tasks, CPU)
+    images, labels, masks = batch_tensors(batch, CPU)
     for epoch in (1, 2):
         for _ in range(15):
             loss = task_losses(source.tasks, model(images), labels, masks).sum()
@@ -60,22 +60,15 @@ def stored_train(store):
     return np.concatenate(images)
 
 
-def base_loss_sum(model, source, images_uint8, method):
-    """Σ over tasks and samples of the base loss the method minimises (EM) or its TAP-signed version."""
-    from mtlue.protect.base import batch_to_tensors
+def base_loss_sum(model, source, images_uint8, base):
+    """Σ over samples of the loss the base minimises (TAP: CE toward the shifted class, −BCE for binary)."""
+    from mtlue.data.base import batch_tensors
 
     batch = next(source.batches("train", len(images_uint8)))
     batch.images = images_uint8
-    images, labels, masks = batch_to_tensors(batch, source.tasks, CPU)
-    targets, targeted = shifted_targets(source.tasks, labels, binary="untargeted")
+    images, labels, masks = batch_tensors(batch, CPU)
     with torch.no_grad():
-        outputs = model(images)
-    total = 0.0
-    for t in source.tasks:
-        loss = per_sample_loss(t, outputs[t.name], targets[t.name] if method == "tap" else labels[t.name])
-        sign = -1.0 if (method == "tap" and not targeted[t.name]) else 1.0
-        total += float((sign * loss * masks[t.name]).sum())
-    return total
+        return float(per_sample_base_loss(base, source.tasks, model(images), labels, masks).sum())
 
 
 @pytest.mark.parametrize("objective", ("total", "dgba"))
@@ -112,9 +105,9 @@ def test_checkpoint_ensemble_total_is_the_sum_over_members(source):
         members.append(build_model(source.tasks, "small_cnn", 3, 16).eval())
     ensemble = CheckpointEnsemble(members, source.tasks)
     batch = next(source.batches("train", 8))
-    from mtlue.protect.base import batch_to_tensors
+    from mtlue.data.base import batch_tensors
 
-    images, labels, masks = batch_to_tensors(batch, source.tasks, CPU)
+    images, labels, masks = batch_tensors(batch, CPU)
     total = 0
     for member in members:
         safe, bool_masks = clean_labels(member.tasks, labels, masks, CPU)
@@ -157,3 +150,20 @@ def test_unset_steps_and_norm_follow_the_published_defaults(tmp_path, source, ch
     assert ProtectConfig(method="ar", norm="linf").pattern_norm == "linf"
     with pytest.raises(ConfigError, match="--norm l2"):
         ProtectConfig(method="em", norm="l2")
+
+
+@pytest.mark.parametrize("base, expected", [
+    # (target, descend) for a 10-class task with y = 3, a binary task with y = 1, a regression task with y = 0.5
+    ("em", {"digit": (3, True), "smile": (1, True), "age": (0.5, True)}),
+    ("tap", {"digit": (8, True), "smile": (1, False), "age": (0.5, False)}),
+    ("sep", {"digit": (8, True), "smile": (0, True), "age": (0.5, False)}),
+])
+def test_base_targets_follow_the_published_rules(base, expected):
+    """EM keeps labels; TAP/SEP shift a C-class label to (y + ⌊C/2⌋) mod C; SEP flips bits; the rest is ascended."""
+    from mtlue.data.base import TaskSpec
+    from mtlue.protect.objectives import base_targets
+
+    tasks = (TaskSpec("digit", "multiclass", 10), TaskSpec("smile", "binary", 2), TaskSpec("age", "regression", 1))
+    labels = {"digit": torch.tensor([3]), "smile": torch.tensor([1]), "age": torch.tensor([0.5])}
+    targets, descend = base_targets(base, tasks, labels)
+    assert {name: (targets[name].item(), descend[name]) for name in targets} == expected

@@ -62,7 +62,12 @@ def tiny_store(tmp_path):
     return store
 
 
-def test_store_reads_back_the_exact_bytes_labels_masks_and_indices(tiny_store):
+@pytest.mark.parametrize("decoded_shards", [0, 2, 4])
+def test_store_reads_back_the_exact_bytes_labels_masks_and_indices(tiny_store, monkeypatch, decoded_shards):
+    """The same samples whether a shard's images are decoded once per process or read one by one."""
+    import mtlue.data.shards as shards
+
+    monkeypatch.setattr(shards, "IMAGE_CACHE_BYTES", decoded_shards * 10 * int(np.prod(TinySource.image_shape)))
     source, store = TinySource(), open_source(tiny_store)
     assert isinstance(store, ShardSource)
     assert store.tasks == source.tasks and store.image_shape == source.image_shape

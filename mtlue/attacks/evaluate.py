@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from mtlue.attacks.objectives import clean_labels
+from mtlue.data.base import batch_tensors
 from mtlue.models.losses import predictions
 
 
@@ -51,14 +52,6 @@ def relative_change(task, clean: float, adversarial: float) -> float:
     if not np.isfinite(clean) or not np.isfinite(adversarial) or clean == 0:
         return float("nan")
     return (adversarial - clean) / clean if higher_is_better(task) else (clean - adversarial) / clean
-
-
-def batch_tensors(batch, device) -> tuple[torch.Tensor, dict, dict]:
-    """A data Batch (uint8 N×H×W×C arrays) as float [0,1] N×C×H×W images and label/mask tensors."""
-    images = torch.from_numpy(np.ascontiguousarray(batch.images.transpose(0, 3, 1, 2))).to(device).float() / 255.0
-    labels = {name: torch.from_numpy(np.asarray(value)).to(device) for name, value in batch.labels.items()}
-    masks = {name: torch.from_numpy(np.asarray(value)).to(device) for name, value in batch.masks.items()}
-    return images, labels, masks
 
 
 def evaluate_attack(model, source, attack, split: str = "test", batch_size: int = 256, limit: int | None = None,

@@ -6,11 +6,11 @@ Spec strings: `digits` · `shapes[:n=…,size=…,seed=…]` · `folder:PATH` ·
 
 from __future__ import annotations
 
-from mtlue.registry import load_registered
 import os
 
 from mtlue.data.base import Batch, Sample, Source, SourceDataset, TaskSpec
 from mtlue.errors import SourceError
+from mtlue.registry import load_registered
 
 # short name -> "module:Class"; imported on first use so `import mtlue.data` stays cheap.
 SOURCES = {

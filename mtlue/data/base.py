@@ -180,6 +180,22 @@ def sample_to_item(sample: Sample, tasks) -> dict:
     return {"index": torch.as_tensor(sample.index, dtype=torch.int64), "image": image, "labels": labels, "masks": masks}
 
 
+def batch_tensors(batch: Batch, device) -> tuple:
+    """A Batch (uint8 N×H×W×C arrays) as (float N×C×H×W images in [0, 1], {task: labels}, {task: masks}) on `device`."""
+    images = torch.from_numpy(np.ascontiguousarray(batch.images.transpose(0, 3, 1, 2))).to(device).float() / 255.0
+    labels = {name: torch.from_numpy(np.asarray(value)).to(device) for name, value in batch.labels.items()}
+    masks = {name: torch.from_numpy(np.asarray(value)).to(device) for name, value in batch.masks.items()}
+    return images, labels, masks
+
+
+def item_tensors(items: dict, device) -> tuple:
+    """The same for a default-collated batch of `sample_to_item` dicts (a DataLoader's output)."""
+    images = items["image"].to(device, non_blocking=True).float().div_(255.0)
+    labels = {k: v.to(device, non_blocking=True) for k, v in items["labels"].items()}
+    masks = {k: v.to(device, non_blocking=True) for k, v in items["masks"].items()}
+    return images, labels, masks
+
+
 class SourceDataset(torch.utils.data.Dataset):
     """A torch Dataset over one split of a Source; items as `sample_to_item` builds them."""
 

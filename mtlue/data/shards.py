@@ -44,7 +44,6 @@ class ShardSource(Source):
             self._shards[split] = paths
             self._offsets[split] = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self._handles, self._meta, self._pid = {}, {}, None  # per process: see _file
-        self._images, self._cached_bytes = {}, 0  # per process: whole small shards' images (see _cached_images)
 
     @classmethod
     def from_spec(cls, arg: str | None, seed: int | None = None) -> "ShardSource":
@@ -59,7 +58,6 @@ class ShardSource(Source):
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_handles"], state["_meta"], state["_pid"] = {}, {}, None
-        state["_images"], state["_cached_bytes"] = {}, 0
         return state
 
     def close(self) -> None:
@@ -81,7 +79,7 @@ class ShardSource(Source):
         shard, local = self._locate(split, position)
         f = self._file(split, shard)
         meta = self._metadata(split, shard)
-        images = self._cached_images(split, shard)
+        images = meta["images"]
         image = images[local] if images is not None else self._read(split, shard, lambda: f["images"][local])
         labels = {}
         for t in self.tasks:
@@ -134,7 +132,6 @@ class ShardSource(Source):
 
         if self._pid != os.getpid():
             self._handles, self._meta, self._pid = {}, {}, os.getpid()
-            self._images, self._cached_bytes = {}, 0
         path = self._shards[split][shard]
         handle = self._handles.get(path)
         if handle is None:
@@ -152,7 +149,9 @@ class ShardSource(Source):
         """Index, per-sample labels and masks of a shard, read once per process (a few bytes per sample).
 
         Per-item reads then touch only the image: one h5py call instead of 2 per task (CelebA has 40).
-        Dense labels (N, H, W) stay on disk and are read per item.
+        Dense labels (N, H, W) stay on disk and are read per item. While the shards decoded so far
+        hold at most IMAGE_CACHE_BYTES, the whole image array is decoded here too (`images`, else
+        None): on a small store one h5py call per sample costs more than a small model's step.
         """
         f = self._file(split, shard)  # first: resets the caches after a fork
         path = self._shards[split][shard]
@@ -161,29 +160,14 @@ class ShardSource(Source):
 
             def read_all():
                 labels = {t.name: f["labels"][t.name][:] for t in self.tasks if f["labels"][t.name].ndim == 1}
-                return {"index": f["index"][:], "labels": labels,
+                images = f["images"]
+                decoded = sum(m["images"].nbytes for m in self._meta.values() if m["images"] is not None)
+                fits = decoded + images.size * images.dtype.itemsize <= IMAGE_CACHE_BYTES
+                return {"index": f["index"][:], "labels": labels, "images": images[:] if fits else None,
                         "masks": {t.name: f["masks"][t.name][:] for t in self.tasks}}
 
             meta = self._meta[path] = self._read(split, shard, read_all)
         return meta
-
-    def _cached_images(self, split: str, shard: int):
-        """The shard's whole decoded image array while this process holds at most IMAGE_CACHE_BYTES of them.
-
-        Training reads samples one at a time in random order; one h5py call per sample costs more
-        than the small model's step on a 32-px store, so small stores are decoded once per process.
-        Larger stores (CelebA, ChestX-ray14) stay on per-item reads: None."""
-        f = self._file(split, shard)  # first: resets the caches after a fork
-        path = self._shards[split][shard]
-        images = self._images.get(path)
-        if images is None:
-            dataset = f["images"]
-            size = int(np.prod(dataset.shape)) * dataset.dtype.itemsize
-            if self._cached_bytes + size > IMAGE_CACHE_BYTES:
-                return None
-            images = self._images[path] = self._read(split, shard, lambda: dataset[:])
-            self._cached_bytes += size
-        return images
 
     def _rows(self, f, a: int, b: int) -> Batch:
         names = [t.name for t in self.tasks]

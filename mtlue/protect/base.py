@@ -7,7 +7,6 @@ A method turns a multi-task train split into per-sample perturbations Î´ with â€
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 
 from mtlue.data.base import Batch, Source
 from mtlue.errors import ConfigError
+from mtlue.store.layout import fsync_replace
 
 BASES = ("em", "tap", "sep")
 OBJECTIVES = ("total", "dgba")
@@ -149,23 +149,6 @@ class ProtectConfig:
         return replace(self, **changes)
 
 
-def batch_to_tensors(batch: Batch, tasks, device: torch.device):
-    """(x float (N,C,H,W) in [0,1], labels {task: tensor}, masks {task: bool tensor}) on `device`."""
-    images = torch.from_numpy(np.ascontiguousarray(batch.images)).to(device)
-    x = images.permute(0, 3, 1, 2).float().div_(255.0)
-    labels = {t.name: torch.as_tensor(batch.labels[t.name]).to(device) for t in tasks}
-    masks = {t.name: torch.as_tensor(batch.masks[t.name]).to(device) for t in tasks}
-    return x, labels, masks
-
-
-def item_batch_to_tensors(items: dict, device: torch.device):
-    """Same as `batch_to_tensors` for a default-collated Dataset batch (dict of tensors)."""
-    x = items["image"].to(device).float().div_(255.0)
-    labels = {k: v.to(device) for k, v in items["labels"].items()}
-    masks = {k: v.to(device) for k, v in items["masks"].items()}
-    return x, labels, masks
-
-
 class ProtectContext:
     """What a method may use while preparing: the clean train split, tasks, config, device, work dir.
 
@@ -211,7 +194,7 @@ class ProtectContext:
 
     def train_loader(self, batch_size: int, shuffle: bool, generator: torch.Generator | None = None,
                      num_samples: int = 0):
-        """A torch DataLoader over the clean train split (items: see `item_batch_to_tensors`).
+        """A torch DataLoader over the clean train split (items: see `mtlue.data.base.item_tensors`).
 
         With shuffle and 0 < num_samples < N, each pass sees a fresh random subset of num_samples."""
         dataset = self.train_dataset()
@@ -278,19 +261,9 @@ class ProtectionMethod:
 
 
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:
-    """torch.save to `path.tmp`, fsync, rename: a kill never leaves a half-written checkpoint."""
+    """torch.save to `path.tmp`, then fsync and rename: a kill never leaves a half-written checkpoint."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        torch.save(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_json(obj, path: str | os.PathLike) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    torch.save(obj, tmp)
+    fsync_replace(str(tmp), str(path))

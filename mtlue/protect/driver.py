@@ -19,7 +19,8 @@ import torch
 
 from mtlue.data.base import Batch, Source
 from mtlue.errors import ConfigError, ProtectionError, StoreError
-from mtlue.protect.base import CLASSWISE_METHODS, ProtectConfig, ProtectContext, atomic_write_json
+from mtlue.protect.base import CLASSWISE_METHODS, ProtectConfig, ProtectContext
+from mtlue.store.layout import dumps_json, write_text_atomic
 
 APPLY_RULE = "stored = round(clip(x*255 + delta*255, 0, 255)) as uint8 (round half to even); x, delta in [0,1] units"
 DEFAULT_SHARD_SIZE = 2048
@@ -98,7 +99,7 @@ def protect_source(source: Source, store_dir, config: ProtectConfig, device: tor
     resume = partial and run_path.is_file() and json.loads(run_path.read_text()) == run_key
     if partial and not resume and not overwrite:
         raise StoreError(f"{store_dir}: holds an unfinished store from a run with other settings; pass --overwrite")
-    atomic_write_json(run_key, run_path)
+    write_text_atomic(str(run_path), dumps_json(run_key))
 
     def make_batches(start: int, stop: int):
         for batch in source.batches("train", config.batch_size, start, stop):

@@ -13,9 +13,11 @@ import numpy as np
 import torch
 
 from mtlue.attacks import PGD
+from mtlue.data.base import batch_tensors, item_tensors
 from mtlue.models.losses import predictions, task_losses
-from mtlue.protect.base import ProtectionMethod, atomic_torch_save, batch_to_tensors, item_batch_to_tensors
+from mtlue.protect.base import ProtectionMethod, atomic_torch_save
 from mtlue.protect.samplewise import delta_array, only_protected, step_size_or_default, steps_or_default
+from mtlue.protect.surrogate import fresh_surrogate
 
 PUBLISHED_STEPS = 20
 PUBLISHED_STEP_SIZE = 0.8 / 255
@@ -28,8 +30,6 @@ class EMMethod(ProtectionMethod):
     name = "em"
 
     def prepare(self, context) -> None:
-        from mtlue.models import build_model
-
         super().prepare(context)
         config = self.config
         self.steps = steps_or_default(config, PUBLISHED_STEPS)
@@ -37,9 +37,7 @@ class EMMethod(ProtectionMethod):
         height, width, channels = context.source.image_shape
         indices = np.concatenate([b.index for b in context.batches(4096)])
         self.position = {int(index): p for p, index in enumerate(indices)}
-        torch.manual_seed(config.seed)
-        model = build_model(context.tasks, config.surrogate.backbone, in_channels=channels, image_size=height).to(context.device)
-        optimiser = torch.optim.Adam(model.parameters(), lr=config.surrogate.lr, weight_decay=config.surrogate.weight_decay)
+        model, optimiser = fresh_surrogate(context, config.seed)
         noise = torch.Generator().manual_seed(config.seed)
         # δ in float16 (N, C, H, W): half the memory, well below the 1/255 quantum of the stored bytes
         self.delta = ((torch.rand((len(indices), channels, height, width), generator=noise) * 2 - 1) * config.eps).half()
@@ -73,7 +71,7 @@ class EMMethod(ProtectionMethod):
         for step, items in enumerate(loader):
             if step >= config.surrogate_steps:
                 break
-            images, labels, masks = item_batch_to_tensors(items, context.device)
+            images, labels, masks = item_tensors(items, context.device)
             poisoned, _ = self._poisoned(images, items["index"])
             loss = task_losses(context.tasks, model(poisoned), labels, masks).sum()
             optimiser.zero_grad()
@@ -88,7 +86,7 @@ class EMMethod(ProtectionMethod):
         wrong = {t.name: 0 for t in context.tasks if t.is_classification}
         counted = {name: 0 for name in wrong}
         for batch in context.batches(config.batch_size):
-            images, labels, masks = batch_to_tensors(batch, context.tasks, context.device)
+            images, labels, masks = batch_tensors(batch, context.device)
             start, positions = self._poisoned(images, batch.index)
             poisoned = attack(images, labels, only_protected(masks, context.protected_tasks), start=start)
             self.delta[positions] = (poisoned - images).clamp(-config.eps, config.eps).half().cpu()
@@ -103,7 +101,7 @@ class EMMethod(ProtectionMethod):
         return max(errors) if errors else 0.0
 
     def perturb(self, batch, device) -> np.ndarray:
-        images = torch.from_numpy(np.ascontiguousarray(batch.images)).permute(0, 3, 1, 2).float().div(255.0)
+        images = batch_tensors(batch, "cpu")[0]  # δ is held on the CPU
         poisoned, _ = self._poisoned(images, batch.index)
         return delta_array(poisoned, images, self.config.eps)
 

@@ -15,19 +15,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mtlue.data.base import Batch
+from mtlue.data.base import Batch, batch_tensors, item_tensors
 from mtlue.errors import ConfigError
 from mtlue.models.generator import build_generator, load_generator, save_generator
-from mtlue.protect.base import (ProtectionMethod, ProtectContext, atomic_torch_save, batch_to_tensors,
-                                item_batch_to_tensors)
+from mtlue.protect.base import ProtectionMethod, ProtectContext, atomic_torch_save
 from mtlue.protect.objectives import base_error, base_loss
 from mtlue.protect.regularisers import embedding_regulariser, inter_task_loss, intra_task_loss
+from mtlue.protect.surrogate import freeze, fresh_surrogate, load_ensemble
 
 STATE_FILE = "generator-state.pt"
 GENERATOR_FILE = "generator.pt"
 # Settings that must match for a run to resume from a saved generator state.
 RESUME_KEYS = ("base", "epsilon", "batch_size", "lr", "weight_decay", "milestones", "gamma", "lambda_intra",
-               "lambda_inter", "protect_tasks", "seed", "surrogate", "augment", "generator_width", "samples_per_epoch", "clamp_inputs", "clamp_gradient", "surrogate_steps", "stop_error",
+               "lambda_inter", "protect_tasks", "seed", "surrogate", "augment", "generator_width", "samples_per_epoch",
+               "clamp_inputs", "clamp_gradient", "surrogate_steps", "stop_error",
                "surrogate_path")
 
 
@@ -145,19 +146,12 @@ class MTLUEMethod(ProtectionMethod):
 
     def _surrogates(self, context):
         """EM: a fresh trainable model (+ its optimiser); TAP: [clean surrogate]; SEP: its checkpoints."""
-        from mtlue.protect.surrogate import _models_api, load_ensemble
-
         cfg = self.config
         if cfg.base == "tap":
             return [context.clean_surrogate()], None
         if cfg.base == "sep":
             return load_ensemble(context), None
-        build_model, _, _ = _models_api()
-        height, width, channels = context.source.image_shape
-        torch.manual_seed(cfg.seed + 1)
-        model = build_model(context.tasks, backbone=cfg.surrogate.backbone, in_channels=channels,
-                            image_size=height).to(context.device)
-        optimiser = torch.optim.Adam(model.parameters(), lr=cfg.surrogate.lr, weight_decay=cfg.surrogate.weight_decay)
+        model, optimiser = fresh_surrogate(context, cfg.seed + 1)
         return [model], optimiser
 
     def _outer_iteration(self, iteration, generator, optimiser, surrogates, surrogate_optimiser, augment) -> dict:
@@ -168,14 +162,12 @@ class MTLUEMethod(ProtectionMethod):
         order = torch.Generator().manual_seed(cfg.seed * 100003 + iteration)
         loader = context.train_loader(cfg.batch_size, shuffle=True, generator=order, num_samples=cfg.samples_per_epoch)
         for model in surrogates:
-            model.eval()
-            for p in model.parameters():
-                p.requires_grad_(False)
+            freeze(model)
         generator.train()
         totals = {"base_loss": 0.0, "intra": 0.0, "inter": 0.0}
         batches = 0
         for items in loader:
-            x, labels, masks = item_batch_to_tensors(items, device)
+            x, labels, masks = item_tensors(items, device)
             delta = generator(x, labels, masks, self.protected)
             poisoned = augment(self._poison(x, delta))
             loss_b = sum(base_loss(cfg.base, context.tasks, model(poisoned), labels, masks, "total", self.protected)
@@ -216,7 +208,7 @@ class MTLUEMethod(ProtectionMethod):
         for step, items in enumerate(loader):
             if step >= cfg.surrogate_steps:
                 break
-            x, labels, masks = item_batch_to_tensors(items, device)
+            x, labels, masks = item_tensors(items, device)
             with torch.no_grad():
                 poisoned = augment(self._poison(x, generator(x, labels, masks, self.protected)))
             loss = task_losses(context.tasks, model(poisoned), labels, masks).sum()
@@ -224,9 +216,7 @@ class MTLUEMethod(ProtectionMethod):
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             optimiser.step()
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
+        freeze(model)
 
     @torch.no_grad()
     def _poisoned_error(self, generator, model) -> float:
@@ -239,7 +229,7 @@ class MTLUEMethod(ProtectionMethod):
         for batch in context.batches(max(cfg.batch_size, 256)):
             if count >= limit:
                 break
-            x, labels, masks = batch_to_tensors(batch, context.tasks, device)
+            x, labels, masks = batch_tensors(batch, device)
             outputs = model(self._poison(x, generator(x, labels, masks, self.protected)))
             error = base_error("em", context.tasks, outputs, labels, masks, self.protected)
             wrong += error * len(batch)
@@ -249,7 +239,7 @@ class MTLUEMethod(ProtectionMethod):
     # -- emitting δ -------------------------------------------------------------------------
     @torch.no_grad()
     def perturb(self, batch: Batch, device: torch.device) -> np.ndarray:
-        x, labels, masks = batch_to_tensors(batch, self.context.tasks, device)
+        x, labels, masks = batch_tensors(batch, device)
         delta = self.generator(x, labels, masks, self.protected)
         return delta.permute(0, 2, 3, 1).float().cpu().numpy()
 

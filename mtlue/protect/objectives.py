@@ -15,7 +15,7 @@ import torch
 
 from mtlue.data.base import TaskSpec
 from mtlue.errors import ConfigError
-from mtlue.models.losses import per_sample_loss
+from mtlue.models.losses import per_sample_loss, predictions
 
 BASE_LOSSES = ("em", "tap", "sep")
 
@@ -27,17 +27,31 @@ def shifted_class(task: TaskSpec, labels: torch.Tensor) -> torch.Tensor:
     return (labels.long() + task.num_classes // 2) % task.num_classes
 
 
-def per_task_base_loss(base: str, task: TaskSpec, output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-sample (B,) loss of one task under one base UE objective, signed to be minimised."""
+def base_target(base: str, task: TaskSpec, labels: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """(target, descend): the base's target for one task and whether its loss is descended toward it.
+
+    EM: the true label, descended. TAP/SEP multiclass (and segmentation): (y + ⌊C/2⌋) mod C, descended.
+    SEP binary: 1 − y, descended. TAP binary and TAP/SEP regression: the true value, ascended."""
     if base not in BASE_LOSSES:
         raise ConfigError(f"--base {base!r}: one of {', '.join(BASE_LOSSES)}")
     if base == "em":
-        return per_sample_loss(task, output, labels)
-    if not task.is_classification:
-        return -per_sample_loss(task, output, labels)
-    if base == "tap" and task.kind == "binary":
-        return -per_sample_loss(task, output, labels)
-    return per_sample_loss(task, output, shifted_class(task, labels))
+        return labels, True
+    if task.is_classification and (task.kind != "binary" or base == "sep"):
+        return shifted_class(task, labels), True
+    return labels, False
+
+
+def base_targets(base: str, tasks, labels: dict) -> tuple[dict, dict]:
+    """`base_target` for every task: ({task: target}, {task: descend})."""
+    pairs = {t.name: base_target(base, t, labels[t.name]) for t in tasks}
+    return {name: p[0] for name, p in pairs.items()}, {name: p[1] for name, p in pairs.items()}
+
+
+def per_task_base_loss(base: str, task: TaskSpec, output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-sample (B,) loss of one task under one base UE objective, signed to be minimised."""
+    target, descend = base_target(base, task, labels)
+    loss = per_sample_loss(task, output, target)
+    return loss if descend else -loss
 
 
 def per_sample_base_loss(base: str, tasks, outputs: dict, labels: dict, masks: dict | None = None,
@@ -74,18 +88,15 @@ def base_loss(base: str, tasks, outputs: dict, labels: dict, masks: dict | None 
 def base_error(base: str, tasks, outputs: dict, labels: dict, masks: dict | None = None, task_names=None) -> float:
     """Fraction of (sample, classification task) pairs where the surrogate misses the base's target.
 
-    EM/TAP-binary target = true label (EM wants it low, TAP wants it high); shifted targets otherwise.
+    The target is `base_target`'s: EM and TAP-binary compare with the true label (EM wants the error
+    low, TAP high); the shifted bases with the shifted class.
     """
-    from mtlue.models.losses import predictions
-
     masks = masks or {}
     wrong, count = 0.0, 0.0
     for task in tasks:
         if not task.is_classification or (task_names is not None and task.name not in task_names):
             continue
-        target = labels[task.name].long()
-        if base == "sep" or (base == "tap" and task.kind == "multiclass"):
-            target = shifted_class(task, target)
+        target, _ = base_target(base, task, labels[task.name].long())
         miss = (predictions(task, outputs[task.name]) != target).float()
         mask = masks.get(task.name)
         weight = mask.float() if mask is not None else torch.ones_like(miss)

@@ -1,8 +1,8 @@
 """Pieces shared by the per-sample PGD baselines (em, tap, sep): targets, masks, ensembles, δ arrays.
 
-Each baseline runs `mtlue.attacks.PGD` with `--objective total|dgba` on a surrogate; a task whose base
-loss is targeted (EM: the true label; TAP/SEP: the class shift (y + ⌊C/2⌋) mod C) is descended, the
-others (TAP binary, regression) are ascended.
+Each baseline runs `mtlue.attacks.PGD` with `--objective total|dgba` on a surrogate, with the targets
+and directions of `mtlue.protect.objectives.base_targets` (the same rule the MTL-UE generator's base
+losses follow).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import numpy as np
 import torch
 
 from mtlue.data.base import TaskSpec
-from mtlue.protect.objectives import shifted_class
 
 
 def steps_or_default(config, default: int) -> int:
@@ -27,18 +26,6 @@ def step_size_or_default(config, default: float) -> float:
 def only_protected(masks: dict, protected: tuple) -> dict:
     """Masks with every task outside `protected` switched off (its loss then contributes nothing)."""
     return {name: (mask if name in protected else torch.zeros_like(mask)) for name, mask in masks.items()}
-
-
-def shifted_targets(tasks, labels: dict, binary: str) -> tuple[dict, dict]:
-    """(targets, targeted flags): multiclass → (y + ⌊C/2⌋) mod C, targeted; regression → y, ascended;
-    binary → 1 − y targeted (`binary="flip"`, SEP) or y ascended (`binary="untargeted"`, TAP)."""
-    targets, targeted = {}, {}
-    for t in tasks:
-        if t.kind == "multiclass" or (t.kind == "binary" and binary == "flip"):
-            targets[t.name], targeted[t.name] = shifted_class(t, labels[t.name]), True
-        else:
-            targets[t.name], targeted[t.name] = labels[t.name], False
-    return targets, targeted
 
 
 def delta_array(adversarial: torch.Tensor, images: torch.Tensor, eps: float) -> np.ndarray:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import numpy as np
 
 from mtlue.attacks import PGD
-from mtlue.protect.base import ProtectionMethod, batch_to_tensors
-from mtlue.protect.samplewise import (CheckpointEnsemble, delta_array, only_protected, shifted_targets,
+from mtlue.data.base import batch_tensors
+from mtlue.protect.base import ProtectionMethod
+from mtlue.protect.objectives import base_targets
+from mtlue.protect.samplewise import (CheckpointEnsemble, delta_array, only_protected,
                                       step_size_or_default, steps_or_default)
 
 PUBLISHED_STEPS = 30
@@ -33,8 +35,8 @@ class SEPMethod(ProtectionMethod):
 
     def perturb(self, batch, device) -> np.ndarray:
         context = self.context
-        images, labels, masks = batch_to_tensors(batch, context.tasks, device)
-        targets, targeted = shifted_targets(context.tasks, labels, binary="flip")
+        images, labels, masks = batch_tensors(batch, device)
+        targets, targeted = base_targets("sep", context.tasks, labels)
         ensemble = self.ensemble
         attack = PGD(ensemble, eps=self.config.eps, alpha=self.alpha, steps=self.steps, random_start=False,
                      objective=self.config.objective, targeted=ensemble.replicate(targeted))

@@ -14,18 +14,11 @@ from pathlib import Path
 import torch
 
 from mtlue.errors import ConfigError
-from mtlue.protect.base import atomic_write_json
+from mtlue.models.mtl import build_model, load_checkpoint, save_checkpoint
+from mtlue.store.layout import dumps_json, sha256_file, write_text_atomic
 
 INFO_FILE = "surrogate.json"
 MODEL_FILE = "model.pt"
-
-
-def _models_api():
-    try:
-        from mtlue.models.mtl import build_model, load_checkpoint, save_checkpoint
-    except ImportError:
-        from mtlue.models import build_model, load_checkpoint, save_checkpoint  # type: ignore
-    return build_model, load_checkpoint, save_checkpoint
 
 
 def freeze(model: torch.nn.Module) -> torch.nn.Module:
@@ -34,6 +27,15 @@ def freeze(model: torch.nn.Module) -> torch.nn.Module:
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+def fresh_surrogate(context, seed: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """EM's surrogate: a randomly initialised model of the configured backbone and its Adam optimiser."""
+    settings = context.config.surrogate
+    height, _, channels = context.source.image_shape
+    torch.manual_seed(seed)
+    model = build_model(context.tasks, settings.backbone, in_channels=channels, image_size=height).to(context.device)
+    return model, torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
 
 
 def _epoch_of(path: Path) -> int:
@@ -45,7 +47,6 @@ def _train_surrogate(context) -> dict:
     """Train the clean surrogate once with the victim training loop and cache it; return its info."""
     from mtlue.train import TrainConfig, train_model
 
-    _, _, save_checkpoint = _models_api()
     settings = context.config.surrogate
     out_dir = context.surrogate_dir
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -66,7 +67,7 @@ def _train_surrogate(context) -> dict:
             "batch_size": settings.batch_size, "weighting": settings.weighting,
             "checkpoint_every": settings.checkpoint_interval,
             "model": MODEL_FILE, "checkpoints": [str(p.relative_to(out_dir)) for p in checkpoints]}
-    atomic_write_json(info, out_dir / INFO_FILE)
+    write_text_atomic(str(out_dir / INFO_FILE), dumps_json(info))
     return info
 
 
@@ -79,7 +80,6 @@ def _surrogate_info(context) -> dict:
 
 def load_or_train_surrogate(context):
     """(frozen clean surrogate on context.device, info dict); --surrogate wins over the cache."""
-    _, load_checkpoint, _ = _models_api()
     given = context.config.surrogate_path
     if given:
         path = Path(given)
@@ -88,11 +88,11 @@ def load_or_train_surrogate(context):
         if not path.is_file():
             raise ConfigError(f"--surrogate {given}: no checkpoint file there")
         model, meta = load_checkpoint(str(path), context.device)
-        return freeze(model), {"source": "given", "path": str(path), "sha256": _sha256(path)}
+        return freeze(model), {"source": "given", "path": str(path), "sha256": sha256_file(str(path))}
     info = _surrogate_info(context)
     path = context.surrogate_dir / info["model"]
     model, _ = load_checkpoint(str(path), context.device)
-    info = dict(info, sha256=_sha256(path))
+    info = dict(info, sha256=sha256_file(str(path)))
     return freeze(model), info
 
 
@@ -112,19 +112,9 @@ def surrogate_checkpoint_paths(context) -> list[Path]:
 
 def load_ensemble(context) -> list[torch.nn.Module]:
     """The SEP checkpoints as frozen models on context.device."""
-    _, load_checkpoint, _ = _models_api()
     paths = surrogate_checkpoint_paths(context)
     given = context.config.surrogate_path
     info = {"source": "given", "path": given} if given else dict(_surrogate_info(context))
     context._surrogate_info = dict(info, ensemble=[str(p) for p in paths], ensemble_size=len(paths))
     return [freeze(load_checkpoint(str(p), context.device)[0]) for p in paths]
 
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
