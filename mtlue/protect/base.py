@@ -224,12 +224,6 @@ class ProtectContext:
             self._surrogate, self._surrogate_info = load_or_train_surrogate(self)
         return self._surrogate
 
-    def surrogate_checkpoints(self) -> list[Path]:
-        """Paths of the SEP checkpoints of one clean surrogate run (trained once, cached)."""
-        from mtlue.protect.surrogate import surrogate_checkpoint_paths
-
-        return surrogate_checkpoint_paths(self)
-
     @property
     def surrogate_info(self) -> dict:
         return dict(self._surrogate_info)

@@ -56,7 +56,6 @@ class MTLUEMethod(ProtectionMethod):
         self.generator = None
         self.history: list[dict] = []
         self.generator_sha256 = None
-        self.stopped_at = None
 
     # -- preparation ------------------------------------------------------------------------
     def prepare(self, context: ProtectContext) -> None:
@@ -71,15 +70,13 @@ class MTLUEMethod(ProtectionMethod):
             self.generator, meta = load_generator(path, device)
             self._check_generator(path)
             self.history = meta.get("history", [])
-            self.generator_path = path
-        elif final_path.is_file() and self._state_matches(final_path):
-            self.generator, meta = load_generator(final_path, device)
-            self.history = meta.get("history", [])
-            self.generator_path = final_path
         else:
-            self._train(context)
-            save_generator(self.generator, final_path, {"history": self.history, "fingerprint": self._fingerprint()})
-            self.generator_path = final_path
+            saved, meta = load_generator(final_path, device) if final_path.is_file() else (None, {})
+            if saved is not None and self._finished_with_these_settings(meta):
+                self.generator, self.history = saved, meta.get("history", [])
+            else:
+                self._train(context)
+                save_generator(self.generator, final_path, {"history": self.history, "fingerprint": self._fingerprint()})
         self.generator.eval()
         self.generator_sha256 = weights_sha256(self.generator)
 
@@ -87,9 +84,8 @@ class MTLUEMethod(ProtectionMethod):
         d = self.config.to_json()
         return json.loads(json.dumps({k: d[k] for k in RESUME_KEYS}))
 
-    def _state_matches(self, path: Path) -> bool:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        meta = blob.get("meta", {})
+    def _finished_with_these_settings(self, meta: dict) -> bool:
+        """A saved final generator is reused when it was trained with these settings to its end."""
         history = meta.get("history", [])
         finished = len(history) == self.config.epochs or bool(history and history[-1].get("stop"))
         return meta.get("fingerprint") == self._fingerprint() and finished
