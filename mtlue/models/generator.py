@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mtlue.data.base import TaskSpec
+from mtlue.models.mtl import atomic_torch_save
 
 EMBED_CHANNELS = 16
 IMAGENET_STEM_MIN_SIZE = 128
@@ -168,8 +169,6 @@ def build_generator(tasks, image_shape, epsilon: float, imagenet_stem: bool | No
 
 def save_generator(generator: UEGenerator, path: str | Path, meta: dict | None = None) -> None:
     """Save build args + weights (readable with torch.load(weights_only=True))."""
-    from mtlue.protect.base import atomic_torch_save
-
     atomic_torch_save({"build": generator.build_args(), "state": generator.state_dict(), "meta": meta or {}}, path)
 
 

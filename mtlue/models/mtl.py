@@ -8,6 +8,7 @@ normalisation ((x − 0.5) / 0.5) happens inside the model so attacks see [0, 1]
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -15,6 +16,7 @@ from torch import nn
 from mtlue.data.base import TaskSpec
 from mtlue.errors import ConfigError
 from mtlue.models.backbones import build_backbone
+from mtlue.store.layout import fsync_replace
 
 SHARED_WIDTH = 256
 CHECKPOINT_SCHEMA = "mtlue-model/1"
@@ -103,12 +105,17 @@ def build_model(tasks, backbone: str = "resnet18", in_channels: int = 3, image_s
 
 def save_checkpoint(model: nn.Module, path, meta: dict | None = None) -> None:
     """Write the state dict, the build arguments and `meta` (JSON-able) to `path` (atomically)."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     payload = {"schema": CHECKPOINT_SCHEMA, "build": model.build_args, "meta": meta or {}, "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
-    tmp = path + ".tmp"
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    atomic_torch_save(payload, path)
+
+
+def atomic_torch_save(obj, path) -> None:
+    """torch.save to `path.tmp`, then fsync and rename: a kill never leaves a half-written checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    fsync_replace(str(tmp), str(path))
 
 
 def load_checkpoint(path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:

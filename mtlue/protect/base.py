@@ -17,7 +17,6 @@ import torch
 
 from mtlue.data.base import Batch, Source
 from mtlue.errors import ConfigError
-from mtlue.store.layout import fsync_replace
 
 BASES = ("em", "tap", "sep")
 OBJECTIVES = ("total", "dgba")
@@ -253,11 +252,3 @@ class ProtectionMethod:
         """Method-specific fields of the protection record in manifest.json."""
         return {}
 
-
-def atomic_torch_save(obj, path: str | os.PathLike) -> None:
-    """torch.save to `path.tmp`, then fsync and rename: a kill never leaves a half-written checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    fsync_replace(str(tmp), str(path))

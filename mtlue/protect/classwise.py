@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 
 from mtlue.errors import ProtectionError
+from mtlue.store.layout import fsync_replace
 from mtlue.protect.base import ProtectionMethod, ProtectContext
 
 MEASURE_BATCH = 1024  # samples per chunk when measuring the budget over the train split
@@ -182,7 +182,7 @@ class ClasswiseMethod(ProtectionMethod):
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as fh:
             np.savez(fh, **self.table.patterns)
-        os.replace(tmp, path)
+        fsync_replace(str(tmp), str(path))
 
     def delta_for(self, labels: dict, masks: dict) -> np.ndarray:
         fused = self.table.fuse(labels, masks, self.config.fusion, self.protected)

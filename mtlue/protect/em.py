@@ -15,7 +15,8 @@ import torch
 from mtlue.attacks import PGD
 from mtlue.data.base import batch_tensors, item_tensors
 from mtlue.models.losses import predictions, task_losses
-from mtlue.protect.base import ProtectionMethod, atomic_torch_save
+from mtlue.models.mtl import atomic_torch_save
+from mtlue.protect.base import ProtectionMethod
 from mtlue.protect.samplewise import delta_array, only_protected, step_size_or_default, steps_or_default
 from mtlue.protect.surrogate import fresh_surrogate
 

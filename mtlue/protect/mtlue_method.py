@@ -18,7 +18,8 @@ import torch
 from mtlue.data.base import Batch, batch_tensors, item_tensors
 from mtlue.errors import ConfigError
 from mtlue.models.generator import build_generator, load_generator, save_generator
-from mtlue.protect.base import ProtectionMethod, ProtectContext, atomic_torch_save
+from mtlue.models.mtl import atomic_torch_save
+from mtlue.protect.base import ProtectionMethod, ProtectContext
 from mtlue.protect.objectives import base_error, base_loss
 from mtlue.protect.regularisers import embedding_regulariser, inter_task_loss, intra_task_loss
 from mtlue.protect.surrogate import freeze, fresh_surrogate, load_ensemble
