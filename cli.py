@@ -234,14 +234,14 @@ def train(data, test_spec, weighting, backbone, epochs, batch_size, lr, out_dir,
 @click.argument("store", type=click.Path(file_okay=False))
 @click.option("--method", default="mtlue", show_default=True,
               help="mtlue (generator) · em · tap · sep (per-sample PGD baselines) · lsp · ar (class-wise baselines).")
-@click.option("--base", type=click.Choice(["em", "tap", "sep"]), default="tap", show_default=True,
+@click.option("--base", type=click.Choice(["em", "tap", "sep"]), default="em", show_default=True,
               help="MTL-UE base loss: em (surrogate trained alternately), tap (fixed clean surrogate), "
                    "sep (ensemble of clean-run checkpoints).")
 @click.option("--epsilon", type=float, default=8.0, show_default=True, help="L∞ budget in 1/255 units.")
-@click.option("--epochs", type=int, default=6, show_default=True,
+@click.option("--epochs", type=int, default=8, show_default=True,
               help="Generator outer iterations (cap; paper up to 100).")
 @click.option("--batch-size", type=int, default=128, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True, help="Generator Adam learning rate.")
+@click.option("--lr", type=float, default=2e-3, show_default=True, help="Generator Adam learning rate (paper 1e-3).")
 @click.option("--lambda-intra", type=float, default=20.0, show_default=True,
               help="Intra-task embedding regulariser weight (paper 20; released code 10).")
 @click.option("--lambda-inter", type=float, default=100.0, show_default=True,
@@ -255,15 +255,16 @@ def train(data, test_spec, weighting, backbone, epochs, batch_size, lr, out_dir,
               help="Use this trained generator checkpoint; skip generator training.")
 @click.option("--generator-width", type=int, default=16, show_default=True,
               help="Generator stem channels (paper 64); smaller is faster on CPU.")
-@click.option("--samples-per-epoch", type=int, default=1024, show_default=True,
+@click.option("--samples-per-epoch", type=int, default=0, show_default=True,
               help="Samples per generator outer iteration (0 = the whole train split, as the paper).")
 @click.option("--surrogate-backbone", default="small_cnn", show_default=True)
-@click.option("--surrogate-epochs", type=int, default=3, show_default=True,
+@click.option("--surrogate-epochs", type=int, default=6, show_default=True,
               help="Clean surrogate training epochs (paper 60).")
-@click.option("--surrogate-steps", type=int, default=2, show_default=True,
+@click.option("--surrogate-steps", type=int, default=10, show_default=True,
               help="EM: surrogate mini-batches per generator outer iteration.")
-@click.option("--augment", type=click.Choice(["crop_flip", "crop", "none"]), default="crop_flip", show_default=True,
-              help="EOT augmentation of x+δ before the surrogate.")
+@click.option("--augment", type=click.Choice(["crop_flip", "crop", "none"]), default="none", show_default=True,
+              help="EOT augmentation of x+δ before the surrogate: match the victims' training augmentation "
+                   "(paper crop_flip; mtlue's victims train without, and a flip changes digits' left/right labels).")
 @click.option("--clamp/--no-clamp", "clamp_inputs", default=True, show_default=True,
               help="Clip x+δ to [0,1] while training the generator, as the stored bytes will be "
                    "(--no-clamp: the paper's unclipped x+δ).")

@@ -238,3 +238,17 @@ def test_two_protect_runs_with_one_seed_write_identical_shards(tmp_path):
     second = protect_source(source, tmp_path / "b", config, torch.device("cpu"), progress=False)
     assert [s["sha256"] for s in first["splits"]["train"]["shards"]] == \
            [s["sha256"] for s in second["splits"]["train"]["shards"]]
+
+
+def test_protect_cli_defaults_are_the_config_defaults():
+    """`mtlue protect --help` shows the defaults a run really uses (the CLI repeats them for click)."""
+    from cli import main
+
+    defaults = {p.name: p.default for p in main.commands["protect"].params}
+    config, surrogate = ProtectConfig(), SurrogateConfig()
+    for name in ("method", "base", "epsilon", "epochs", "batch_size", "lr", "lambda_intra", "lambda_inter",
+                 "poison_rate", "seed", "generator_width", "samples_per_epoch", "surrogate_steps", "augment",
+                 "clamp_inputs", "objective", "steps", "fusion", "norm"):
+        assert defaults[name] == getattr(config, name), name
+    assert defaults["surrogate_backbone"] == surrogate.backbone
+    assert defaults["surrogate_epochs"] == surrogate.epochs
