@@ -224,6 +224,13 @@ class ProtectContext:
             self._surrogate, self._surrogate_info = load_or_train_surrogate(self)
         return self._surrogate
 
+    def surrogate_ensemble(self) -> list:
+        """The SEP ensemble: frozen checkpoints of one clean surrogate run (--surrogate DIR, or trained once)."""
+        from mtlue.protect.surrogate import load_ensemble
+
+        models, self._surrogate_info = load_ensemble(self)
+        return models
+
     @property
     def surrogate_info(self) -> dict:
         return dict(self._surrogate_info)

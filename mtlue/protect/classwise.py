@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from mtlue.errors import ProtectionError
-from mtlue.store.layout import fsync_replace
 from mtlue.protect.base import ProtectionMethod, ProtectContext
+from mtlue.store.layout import fsync_replace
 
 MEASURE_BATCH = 1024  # samples per chunk when measuring the budget over the train split
 

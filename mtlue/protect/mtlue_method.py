@@ -22,7 +22,7 @@ from mtlue.models.mtl import atomic_torch_save
 from mtlue.protect.base import ProtectionMethod, ProtectContext
 from mtlue.protect.objectives import base_error, base_loss
 from mtlue.protect.regularisers import embedding_regulariser, inter_task_loss, intra_task_loss
-from mtlue.protect.surrogate import freeze, fresh_surrogate, load_ensemble
+from mtlue.protect.surrogate import freeze, fresh_surrogate
 
 STATE_FILE = "generator-state.pt"
 GENERATOR_FILE = "generator.pt"
@@ -147,7 +147,7 @@ class MTLUEMethod(ProtectionMethod):
         if cfg.base == "tap":
             return [context.clean_surrogate()], None
         if cfg.base == "sep":
-            return load_ensemble(context), None
+            return context.surrogate_ensemble(), None
         model, optimiser = fresh_surrogate(context, cfg.seed + 1)
         return [model], optimiser
 

@@ -26,12 +26,10 @@ class SEPMethod(ProtectionMethod):
     name = "sep"
 
     def prepare(self, context) -> None:
-        from mtlue.protect.surrogate import load_ensemble
-
         super().prepare(context)
         self.steps = steps_or_default(self.config, PUBLISHED_STEPS)
         self.alpha = step_size_or_default(self.config, PUBLISHED_STEP_SIZE)
-        self.ensemble = CheckpointEnsemble(load_ensemble(context), context.tasks)
+        self.ensemble = CheckpointEnsemble(context.surrogate_ensemble(), context.tasks)
 
     def perturb(self, batch, device) -> np.ndarray:
         context = self.context

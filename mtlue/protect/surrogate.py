@@ -110,11 +110,11 @@ def surrogate_checkpoint_paths(context) -> list[Path]:
     return paths or [context.surrogate_dir / info["model"]]
 
 
-def load_ensemble(context) -> list[torch.nn.Module]:
-    """The SEP checkpoints as frozen models on context.device."""
+def load_ensemble(context) -> tuple[list[torch.nn.Module], dict]:
+    """(the SEP checkpoints as frozen models on context.device, info dict naming them)."""
     paths = surrogate_checkpoint_paths(context)
     given = context.config.surrogate_path
     info = {"source": "given", "path": given} if given else dict(_surrogate_info(context))
-    context._surrogate_info = dict(info, ensemble=[str(p) for p in paths], ensemble_size=len(paths))
-    return [freeze(load_checkpoint(str(p), context.device)[0]) for p in paths]
+    info = dict(info, ensemble=[str(p) for p in paths], ensemble_size=len(paths))
+    return [freeze(load_checkpoint(str(p), context.device)[0]) for p in paths], info
 
