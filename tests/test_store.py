@@ -142,7 +142,7 @@ def test_split_vds_reads_with_plain_h5py_from_any_directory(tiny_store, monkeypa
     with h5py.File(os.path.join(tiny_store, "train", "shard-00000-of-00004.h5"), "r") as f:
         assert f.attrs["schema"] == "mtlue-shard/1" and f.attrs["num_shards"] == 4
         assert f["images"].compression == "gzip" and f["images"].fletcher32 and f["images"].shuffle
-        assert json.loads(f.attrs["tasks"])[1] == {"name": "digit", "kind": "multiclass", "num_classes": 5}
+        assert json.loads(f.attrs["tasks"])[1] == {"name": "digit", "kind": "multiclass", "num_classes": 5, "flip_safe": False}
 
 
 def test_a_flipped_byte_fails_inspect_verify_naming_the_shard(tiny_store):

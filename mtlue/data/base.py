@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -19,12 +20,16 @@ class TaskSpec:
     """One task of a multi-task dataset.
 
     `num_classes` is the number of label values for binary (always 2), multiclass and
-    segmentation tasks; 1 for regression and depth; 3 for surface normals.
+    segmentation tasks; 1 for regression and depth; 3 for surface normals. `flip_safe` says the
+    label survives a horizontal flip of the image (a face attribute does, "the left digit" does
+    not); standard augmentation flips only when every task is flip-safe. It is metadata: two
+    specs that differ only in it compare equal.
     """
 
     name: str
     kind: str
     num_classes: int
+    flip_safe: bool = field(default=False, compare=False)
 
     def __post_init__(self):
         if self.kind not in TASK_KINDS:
@@ -42,11 +47,32 @@ class TaskSpec:
         return 1 if self.kind in ("binary", "regression", "depth") else self.num_classes
 
     def to_json(self) -> dict:
-        return {"name": self.name, "kind": self.kind, "num_classes": self.num_classes}
+        return {"name": self.name, "kind": self.kind, "num_classes": self.num_classes, "flip_safe": self.flip_safe}
 
     @classmethod
     def from_json(cls, d: dict) -> "TaskSpec":
-        return cls(name=d["name"], kind=d["kind"], num_classes=int(d["num_classes"]))
+        return cls(name=d["name"], kind=d["kind"], num_classes=int(d["num_classes"]),
+                   flip_safe=bool(d.get("flip_safe", False)))
+
+
+def check_compatible_tasks(mine, theirs, mine_name: str, theirs_name: str) -> None:
+    """Raise SourceError unless two task lists hold the same tasks (name, kind, classes) in the same order."""
+    mine, theirs = tuple(mine), tuple(theirs)
+    if mine == theirs:
+        return
+    names = {t.name for t in theirs}
+    for task in mine:
+        if task.name not in names:
+            raise SourceError(f"{theirs_name}: has no task {task.name!r} of {mine_name} "
+                              f"(its tasks: {', '.join(t.name for t in theirs)})")
+        other = next(t for t in theirs if t.name == task.name)
+        if other != task:
+            raise SourceError(f"task {task.name!r}: {task.kind}/{task.num_classes} in {mine_name} but "
+                              f"{other.kind}/{other.num_classes} in {theirs_name}")
+    extra = [t.name for t in theirs if t.name not in {m.name for m in mine}]
+    if extra:
+        raise SourceError(f"{theirs_name}: has task(s) {', '.join(extra)} that {mine_name} lacks")
+    raise SourceError(f"{mine_name} and {theirs_name}: the same tasks in a different order")
 
 
 @dataclass
@@ -139,12 +165,77 @@ class Source:
             masks.append(batch.masks[task])
         return np.concatenate(labels), np.concatenate(masks)
 
+    def index_array(self, split: str) -> np.ndarray:
+        """The stable global index of every sample of a split, in order."""
+        self.check_split(split)
+        parts = [batch.index for batch in self.batches(split, 1024)]
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+    def content_digest(self) -> str:
+        """sha256 over what identifies the data: tasks, and per split the sample indices, labels and
+        masks, plus `image_digest`. Cached on the instance; stages and victims fingerprint it."""
+        cached = getattr(self, "_content_digest", None)
+        if cached is None:
+            digest = hashlib.sha256(repr([t.to_json() for t in self.tasks]).encode())
+            digest.update(repr(tuple(self.image_shape)).encode())
+            for split in self.splits():
+                digest.update(f"|split {split} {self.size(split)}|".encode())
+                digest.update(np.ascontiguousarray(self.index_array(split), dtype=np.int64).tobytes())
+                for task in self.tasks:
+                    labels, masks = self.label_array(split, task.name)
+                    digest.update(task.name.encode())
+                    digest.update(np.ascontiguousarray(labels).tobytes())
+                    digest.update(np.ascontiguousarray(masks, dtype=bool).tobytes())
+            digest.update(self.image_digest().encode())
+            cached = self._content_digest = digest.hexdigest()
+        return cached
+
+    def image_digest(self) -> str:
+        """What identifies the pixels; sources override it with something cheaper than the pixels
+        themselves (a generated source: its code version and options; files: names, sizes, mtimes)."""
+        digest = hashlib.sha256()
+        for split in self.splits():
+            for batch in self.batches(split, 512):
+                digest.update(np.ascontiguousarray(batch.images).tobytes())
+        return digest.hexdigest()
+
+    def origin_content(self) -> str | None:
+        """The content digest of the original data this source holds (a store: the one its manifest
+        records, None for a store that records none)."""
+        return self.content_digest()
+
+    def origin_record(self) -> dict:
+        """What a store's manifest records about the data it was written from (`source`)."""
+        return {"name": self.name, "spec": getattr(self, "spec", None) or self.name, "content": self.origin_content()}
+
+    def identity(self) -> dict:
+        """The data's identity for fingerprints: the spec it was opened with and its content digest."""
+        return {"spec": getattr(self, "spec", None) or self.name, "content": self.content_digest()}
+
 
 class GeneratedSource(Source):
     """A Source that builds any run of samples at once with `make_batch(split, positions)`."""
 
     def make_batch(self, split: str, positions: np.ndarray) -> Batch:
         raise NotImplementedError
+
+    def index_array(self, split: str) -> np.ndarray:
+        if hasattr(self, "index_offset"):  # digits, shapes: index = offset + position, no rendering
+            self.check_split(split)
+            return np.arange(self.size(split), dtype=np.int64) + int(self.index_offset(split))
+        return super().index_array(split)
+
+    def image_digest(self) -> str:
+        """The options the images are drawn from, plus the first rendered batch of each split (which
+        catches a change of the rendering code): cheap, and any count of images."""
+        from mtlue import __version__
+
+        options = {k: v for k, v in sorted(vars(self).items()) if isinstance(v, (int, float, str, bool, tuple))}
+        digest = hashlib.sha256(f"{type(self).__name__}|{__version__}|{options!r}".encode())
+        for split in self.splits():
+            positions = np.arange(min(64, self.size(split)))
+            digest.update(np.ascontiguousarray(self.make_batch(split, positions).images).tobytes())
+        return digest.hexdigest()
 
     def get(self, split: str, position: int) -> Sample:
         self.check_split(split)

@@ -114,7 +114,7 @@ class CelebASource(ImageFileSource):
 
         part_of_row = np.asarray([partition[name] for name in files])
         split_rows = {split: np.flatnonzero(part_of_row == part) for split, part in PARTITIONS.items()}
-        tasks = tuple(TaskSpec(name, "binary", 2) for name in names)
+        tasks = tuple(TaskSpec(name, "binary", 2, flip_safe=True) for name in names)  # face attributes survive a mirror
         labels = {name: values[:, k] for k, name in enumerate(names)}
         masks = {name: np.ones(len(files), dtype=bool) for name in names}
         return cls(image_root, files, split_rows, tasks, labels, masks, (IMAGE_SIZE, IMAGE_SIZE, 3))

@@ -24,7 +24,8 @@ FINDINGS = (
     "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
     "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
 )
-CHESTXRAY14_TASKS = tuple(TaskSpec(name, "binary", 2) for name in FINDINGS)
+# presence labels survive a mirror image (CheXNet trains with horizontal flips)
+CHESTXRAY14_TASKS = tuple(TaskSpec(name, "binary", 2, flip_safe=True) for name in FINDINGS)
 
 
 def read_entries(path: str) -> tuple[list, np.ndarray]:

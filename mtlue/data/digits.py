@@ -24,6 +24,7 @@ RIGHT_X = (14, 16)
 Y_RANGE = (4, 12)
 SPLIT_IDS = {"train": 0, "test": 1}
 
+# none is flip-safe: a mirrored digit is no digit, and a flip swaps left and right
 DIGITS_TASKS = (
     TaskSpec("left", "multiclass", 10),
     TaskSpec("right", "multiclass", 10),

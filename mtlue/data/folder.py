@@ -1,12 +1,14 @@
 """Image files plus a label table: the generic `folder:PATH` source and the base of the official layouts.
 
 `folder:PATH` reads `PATH/labels.csv` (column `file`, optional `split`, one column per task) and an
-optional `PATH/tasks.json` declaring task kinds; everything else is inferred from the labels.
+optional `PATH/tasks.json` declaring task kinds (and `"flip_safe": true` for tasks whose label survives a
+horizontal flip: only then does the standard victim augmentation flip); everything else is inferred.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 
@@ -100,6 +102,22 @@ class ImageFileSource(Source):
         mask = {t.name: bool(self.masks[t.name][row]) for t in self.tasks}
         return Sample(row, self.read_row(row), labels, mask)
 
+    def index_array(self, split: str) -> np.ndarray:
+        self.check_split(split)
+        return self.split_rows[split].copy()
+
+    def image_digest(self) -> str:
+        """Every listed file's name, size and modification time (no pixel is decoded), plus the size
+        images are read at; a replaced or edited image changes it."""
+        digest = hashlib.sha256(repr((type(self).__name__, tuple(self.image_shape))).encode())
+        for name in self.files:
+            try:
+                status = os.stat(os.path.join(self.image_root, name))
+                digest.update(f"{name}\0{status.st_size}\0{status.st_mtime_ns}\n".encode())
+            except OSError:
+                digest.update(f"{name}\0missing\n".encode())
+        return digest.hexdigest()
+
     def label_array(self, split: str, task: str) -> tuple[np.ndarray, np.ndarray]:
         """Labels come from the label table; no image is read."""
         self.check_split(split)
@@ -131,7 +149,10 @@ def load_task_declarations(path: str) -> list:
         num_classes = entry.get("num_classes", {"binary": 2, "regression": 1}.get(kind))
         if num_classes is None:
             raise SourceError(f"{path}: task {entry['name']!r} of kind {kind!r} needs num_classes")
-        tasks.append(TaskSpec(str(entry["name"]), kind, int(num_classes)))
+        flip_safe = entry.get("flip_safe", False)
+        if not isinstance(flip_safe, bool):
+            raise SourceError(f"{path}: task {entry['name']!r}: flip_safe must be true or false, got {flip_safe!r}")
+        tasks.append(TaskSpec(str(entry["name"]), kind, int(num_classes), flip_safe=flip_safe))
     return tasks
 
 
@@ -194,6 +215,7 @@ class FolderSource(ImageFileSource):
             "kinds inferred: values all in {0,1} -> binary; non-negative integers -> multiclass (C = max+1); "
             "other numbers -> regression",
             "an empty cell is a missing label; images take the first image's size and mode (RGB or L)",
+            'tasks.json may mark a task "flip_safe": true (its label survives a horizontal flip); default false',
         ]
 
     @classmethod

@@ -25,11 +25,11 @@ STRIPE_DARKEN = 0.45  # striped shapes alternate full colour and 45% of it
 PIXEL_NOISE = 12.0
 
 SHAPES_TASKS = (
-    TaskSpec("shape", "multiclass", len(SHAPE_NAMES)),
-    TaskSpec("colour", "multiclass", len(COLOUR_NAMES)),
-    TaskSpec("large", "binary", 2),
-    TaskSpec("quadrant", "multiclass", len(QUADRANT_NAMES)),
-    TaskSpec("striped", "binary", 2),
+    TaskSpec("shape", "multiclass", len(SHAPE_NAMES), flip_safe=True),  # circle, square, upward triangle
+    TaskSpec("colour", "multiclass", len(COLOUR_NAMES), flip_safe=True),
+    TaskSpec("large", "binary", 2, flip_safe=True),
+    TaskSpec("quadrant", "multiclass", len(QUADRANT_NAMES)),  # a flip swaps left and right quadrants
+    TaskSpec("striped", "binary", 2, flip_safe=True),
 )
 # columns of the per-sample parameter table
 ATTRIBUTES = ("shape", "colour", "large", "quadrant", "striped")

@@ -105,6 +105,30 @@ class ShardSource(Source):
                 lo, shard = shard_stop, shard + 1
             yield pieces[0] if len(pieces) == 1 else _concat(pieces)
 
+    def index_array(self, split: str) -> np.ndarray:
+        self.check_split(split)
+        parts = [self._read(split, shard, lambda: self._file(split, shard)["index"][:])
+                 for shard in range(len(self._shards[split]))]
+        return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+
+    def content_digest(self) -> str:
+        """The store's identity: its tasks and every shard's recorded sha256 (no pixel is read)."""
+        import hashlib
+
+        digest = hashlib.sha256(repr([t.to_json() for t in self.tasks]).encode())
+        for split, record in self.manifest["splits"].items():
+            digest.update(f"|{split}|".encode())
+            digest.update(" ".join(str(s.get("sha256")) for s in record["shards"]).encode())
+        return digest.hexdigest()
+
+    def origin_content(self) -> str | None:
+        return (self.manifest.get("source") or {}).get("content")
+
+    def origin_record(self) -> dict:
+        recorded = self.manifest.get("source") or {}
+        return {**recorded, "name": recorded.get("name", self.name), "content": self.origin_content(),
+                "store": getattr(self, "spec", None) or self.store_dir}
+
     def label_array(self, split: str, task: str) -> tuple[np.ndarray, np.ndarray]:
         self.check_split(split)
         self.task(task)

@@ -25,9 +25,9 @@ FULL_NAME = re.compile(r"^(\d+)_(\d+)_(\d+)_\d+")
 NO_RACE_NAME = re.compile(r"^(\d+)_(\d+)_\d{9,}")
 
 UTKFACE_TASKS = (
-    TaskSpec("age", "multiclass", len(AGE_BIN_NAMES)),
-    TaskSpec("race", "multiclass", len(RACE_NAMES)),
-    TaskSpec("gender", "binary", 2),
+    TaskSpec("age", "multiclass", len(AGE_BIN_NAMES), flip_safe=True),
+    TaskSpec("race", "multiclass", len(RACE_NAMES), flip_safe=True),
+    TaskSpec("gender", "binary", 2, flip_safe=True),
 )
 
 
