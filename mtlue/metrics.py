@@ -4,10 +4,14 @@ Classification tasks: accuracy, balanced accuracy, and (binary) AUC from sklearn
 `roc_auc_score` (nan when the test labels hold one class). Regression: MAE.
 Missing labels (mask False) are left out of every metric.
 
-Majority floor: the accuracy of always predicting the most frequent class *of the train labels*,
-measured on the test labels (an honest "learned nothing" baseline: a victim that ignores the
-images can reach it from the training labels alone). For regression the floor is the MAE of
-predicting the train median. Balanced-accuracy floor is 1/C, AUC floor 0.5.
+Chance (`chance_values`): what a predictor that ignores the image scores. For accuracy it is the
+majority floor: always predicting the most frequent class *of the train labels*, measured on the
+test labels (a victim that ignores the images reaches it from the training labels alone). Balanced
+accuracy: 1/C (0.5 for binary); AUC: 0.5; MAE: predicting the train mean.
+
+Which metric judges a task follows its kind (`primary_metric`): binary tasks balanced accuracy (or
+AUC), never plain accuracy, so an imbalanced attribute cannot look learned by predicting its
+majority class; multiclass accuracy; regression MAE.
 """
 
 from __future__ import annotations
@@ -17,13 +21,24 @@ import math
 import numpy as np
 
 from mtlue.data.base import TaskSpec
+from mtlue.errors import ConfigError
 
 HIGHER_IS_BETTER = {"accuracy": True, "balanced_accuracy": True, "auc": True, "mae": False}
+BINARY_METRICS = ("balanced_accuracy", "auc")
 
 
-def primary_metric(task: TaskSpec, classification_metric: str = "accuracy") -> str:
-    """The metric reported for a task: `classification_metric` for classes, MAE for regression."""
-    return classification_metric if task.is_classification else "mae"
+def check_binary_metric(name: str) -> str:
+    if name not in BINARY_METRICS:
+        raise ConfigError(f"--binary-metric {name!r}: one of {', '.join(BINARY_METRICS)} (plain accuracy is "
+                          f"not a measure of learning on an imbalanced binary task)")
+    return name
+
+
+def primary_metric(task: TaskSpec, binary_metric: str = "balanced_accuracy") -> str:
+    """The metric that judges a task: `binary_metric` for binary, accuracy for multiclass, MAE for regression."""
+    if task.kind == "binary":
+        return check_binary_metric(binary_metric)
+    return "accuracy" if task.is_classification else "mae"
 
 
 def balanced_accuracy(labels: np.ndarray, preds: np.ndarray) -> float:
@@ -59,13 +74,26 @@ def majority_floor(task: TaskSpec, train_labels: np.ndarray, test_labels: np.nda
     if len(test_labels) == 0 or len(train_labels) == 0:
         return math.nan
     if metric == "mae":
-        return float(np.mean(np.abs(test_labels.astype(np.float64) - np.median(train_labels))))
+        return float(np.mean(np.abs(test_labels.astype(np.float64) - np.mean(train_labels.astype(np.float64)))))
     if metric == "balanced_accuracy":
         return 1.0 / task.num_classes
     if metric == "auc":
         return 0.5
     values, counts = np.unique(train_labels, return_counts=True)
     return float(np.mean(test_labels == values[np.argmax(counts)]))
+
+
+def task_metric_names(task: TaskSpec) -> tuple:
+    """Every metric `task_metrics` computes for a task of this kind."""
+    if not task.is_classification:
+        return ("mae",)
+    return ("accuracy", "balanced_accuracy", "auc") if task.kind == "binary" else ("accuracy", "balanced_accuracy")
+
+
+def chance_values(task: TaskSpec, train_labels, test_labels, train_mask=None, test_mask=None) -> dict:
+    """{metric: chance value} for every metric of the task (module docstring: what chance means)."""
+    return {name: majority_floor(task, np.asarray(train_labels), np.asarray(test_labels), name, train_mask, test_mask)
+            for name in task_metric_names(task)}
 
 
 def nanmean(values) -> float:

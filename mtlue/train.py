@@ -1,13 +1,14 @@
-"""The victim training loop: Adam + MultiStepLR, a task weighting, masked losses, per-epoch tests.
+"""The victim training loop: an optimiser and LR schedule, augmentation, a task weighting, masked
+losses, per-epoch tests.
 
 Defaults follow the MTL-UE victims (Adam lr 1e-3, wd 1e-4, LR × 0.1 at 60% and 80% of the epochs,
-grad-norm clip 5). Runs on whatever device it is given; deterministic on CPU for a seed.
+grad-norm clip 5, no augmentation). An attacker profile changes the optimiser (SGD with momentum),
+the schedule (cosine), the augmentation (`mtlue.augment`), the backbone and the epochs. Runs on
+whatever device it is given; deterministic on CPU for a seed.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -17,11 +18,16 @@ import torch
 
 from mtlue.data.base import item_tensors
 from mtlue.errors import ConfigError
-from mtlue.metrics import best_value, majority_floor, nanmean, primary_metric, task_metrics
+from mtlue.jsonio import write_json
+from mtlue.metrics import best_value, chance_values, check_binary_metric, nanmean, primary_metric, task_metrics
 from mtlue.models.losses import predictions, task_losses
 from mtlue.models.mtl import build_model, save_checkpoint
 from mtlue.runtime import seed_everything
 from mtlue.weighting import build_weighting
+
+
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("step", "cosine")
 
 
 @dataclass(frozen=True)
@@ -45,15 +51,28 @@ class TrainConfig:
     num_workers: int = 0
     checkpoint_every: int = 0  # save out_dir/checkpoints/epoch_{k}.pt every N epochs (SEP)
     defense: str | None = None  # name only, recorded; the callable is passed to train_model
-    classification_metric: str = "accuracy"  # or balanced_accuracy / auc (ChestX-ray14)
+    binary_metric: str = "balanced_accuracy"  # or auc; what the printed summary uses for binary tasks
+    optimizer: str = "adam"  # adam | sgd (with `momentum`, Nesterov)
+    momentum: float = 0.9
+    schedule: str = "step"  # step (× gamma at `milestones`) | cosine (to 0 over `epochs`)
+    augment: str = "none"  # none | standard (mtlue.augment)
 
     def __post_init__(self):
+        from mtlue.augment import AUGMENTS
+
         if self.epochs < 1:
             raise ConfigError(f"--epochs {self.epochs}: must be at least 1")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size {self.batch_size}: must be at least 1")
+        if not self.lr > 0:
+            raise ConfigError(f"--lr {self.lr}: must be positive")
         if self.stl and self.weighting != "ew":
             raise ConfigError(f"--stl trains one network per task; --weighting {self.weighting!r} has nothing to weigh (use ew)")
+        for option, value, choices in (("--optimizer", self.optimizer, OPTIMIZERS), ("--schedule", self.schedule, SCHEDULES),
+                                       ("--augment", self.augment, AUGMENTS)):
+            if value not in choices:
+                raise ConfigError(f"{option} {value!r}: one of {', '.join(choices)}")
+        check_binary_metric(self.binary_metric)
 
     def milestone_epochs(self) -> list:
         return sorted({max(1, int(round(f * self.epochs))) for f in self.milestones})
@@ -69,7 +88,21 @@ def _as_dataset(data, split: str):
     return data.dataset(split) if hasattr(data, "dataset") and hasattr(data, "splits") else data
 
 
-def evaluate(model, loader, tasks, device, classification_metric: str = "accuracy") -> tuple[dict, dict]:
+def build_optimizer(config: TrainConfig, groups: list) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0,
+                               weight_decay=config.weight_decay)
+    return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def build_schedule(config: TrainConfig, optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+    """Stepped once per epoch: MultiStepLR at `milestone_epochs()`, or cosine annealing to 0 over `epochs`."""
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=config.milestone_epochs(), gamma=config.gamma)
+
+
+def evaluate(model, loader, tasks, device) -> tuple[dict, dict]:
     """Test metrics per task -> ({task: {metric: value}}, {task: (labels, masks)})."""
     model.eval()
     preds, scores, labels, masks = ({t.name: [] for t in tasks} for _ in range(4))
@@ -115,6 +148,8 @@ def train_model(config: TrainConfig, train_data, test_data, tasks, device, out_d
     train_set, test_set = _as_dataset(train_data, "train"), _as_dataset(test_data, "test")
     if len(train_set) == 0:
         raise ConfigError("training data is empty")
+    from mtlue.augment import build_augmentation
+
     generator = seed_everything(config.seed)
     channels, height, _ = train_set[0]["image"].shape
     model = build_model(tasks, config.backbone, in_channels=int(channels), image_size=int(height), stl=config.stl).to(device)
@@ -122,11 +157,12 @@ def train_model(config: TrainConfig, train_data, test_data, tasks, device, out_d
     groups = [{"params": list(model.parameters())}]
     if list(weighting.parameters()):
         groups.append({"params": list(weighting.parameters()), "weight_decay": 0.0})
-    optimizer = torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=config.milestone_epochs(), gamma=config.gamma)
+    optimizer = build_optimizer(config, groups)
+    scheduler = build_schedule(config, optimizer)
+    augment = build_augmentation(config.augment, tasks, train_set[0]["image"].permute(1, 2, 0).shape).to(device)
     train_loader = torch.utils.data.DataLoader(train_set, batch_size=config.batch_size, shuffle=True, generator=generator, num_workers=config.num_workers, drop_last=len(train_set) > config.batch_size, persistent_workers=config.num_workers > 0)
     test_loader = torch.utils.data.DataLoader(test_set, batch_size=max(config.batch_size, 256), shuffle=False, num_workers=config.num_workers)
-    metric_names = {t.name: primary_metric(t, config.classification_metric) for t in tasks}
+    metric_names = {t.name: primary_metric(t, config.binary_metric) for t in tasks}
     collected = {t.name: ([], []) for t in tasks} if floor_labels is None else None
     history = {"config": asdict(config), "tasks": [t.to_json() for t in tasks], "metric": metric_names, "epochs": []}
     started = time.perf_counter()
@@ -141,6 +177,7 @@ def train_model(config: TrainConfig, train_data, test_data, tasks, device, out_d
                     collected[t.name][0].append(batch["labels"][t.name].numpy())
                     collected[t.name][1].append(batch["masks"][t.name].numpy())
             targets = [(1.0, labels)]
+            images = augment(images)
             if defense is not None:
                 images, targets = defense(images, labels, masks, model)
             optimizer.zero_grad(set_to_none=True)
@@ -161,7 +198,7 @@ def train_model(config: TrainConfig, train_data, test_data, tasks, device, out_d
         if collected is not None and epoch == 1:
             floor_labels = {k: (np.concatenate(v[0]), np.concatenate(v[1]).astype(bool)) for k, v in collected.items()}
             collected = None
-        test_metrics, test_labels = evaluate(model, test_loader, tasks, device, config.classification_metric)
+        test_metrics, test_labels = evaluate(model, test_loader, tasks, device)
         record = {
             "epoch": epoch,
             "train_loss": {t.name: float(loss_sum[i] / max(steps, 1)) for i, t in enumerate(tasks)},
@@ -184,33 +221,34 @@ def train_model(config: TrainConfig, train_data, test_data, tasks, device, out_d
 
 
 def _summarise(history: dict, tasks, metric_names: dict, floor_labels: dict, test_labels: dict) -> None:
-    """Add per-task floor, peak (best over epochs) and last values and their task means."""
-    floor, peak, last = {}, {}, {}
+    """Add per-task chance of every metric, and floor (chance), peak (best over epochs) and last values
+    of the summary metric with their task means."""
+    chance, floor, peak, last = {}, {}, {}, {}
     for t in tasks:
         name = metric_names[t.name]
         train_y, train_m = floor_labels[t.name]
         test_y, test_m = test_labels[t.name]
-        floor[t.name] = majority_floor(t, np.asarray(train_y), test_y, name, np.asarray(train_m, dtype=bool), test_m)
+        chance[t.name] = chance_values(t, train_y, test_y, np.asarray(train_m, dtype=bool), test_m)
+        floor[t.name] = chance[t.name][name]
         values = [e["test"][t.name][name] for e in history["epochs"]]
         peak[t.name] = best_value(values, name)
         last[t.name] = values[-1]
-    history["floor"], history["peak"], history["last"] = floor, peak, last
+    history["chance"], history["floor"], history["peak"], history["last"] = chance, floor, peak, last
     history["mean"] = {"floor": nanmean(floor.values()), "peak": nanmean(peak.values()), "last": nanmean(last.values())}
-
-
-def _json_safe(value):
-    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def write_history(history: dict, path) -> None:
     """Write the history as JSON (nan → null), atomically."""
-    tmp = os.fspath(path) + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(_json_safe(history), fh, indent=1)
-    os.replace(tmp, path)
+    write_json(path, history, indent=1)
+
+
+def check_training_sources(train_source, test_source, train_name: str, test_name: str) -> None:
+    """A victim trains on the 'train' split of one source and tests on the 'test' split of another:
+    both splits must exist and the tasks must agree (name, kind, classes, order)."""
+    from mtlue.data.base import check_compatible_tasks
+
+    if "train" not in train_source.splits():
+        raise ConfigError(f"{train_name}: has no 'train' split (splits: {', '.join(train_source.splits())})")
+    if "test" not in test_source.splits():
+        raise ConfigError(f"{test_name}: has no 'test' split; name a clean test source with --test SOURCE")
+    check_compatible_tasks(train_source.tasks, test_source.tasks, train_name, test_name)

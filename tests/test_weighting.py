@@ -143,7 +143,8 @@ def _grads(model, params):
 @pytest.mark.parametrize("grad_space", ["shared", "representation"])
 @pytest.mark.parametrize("name", GRADIENT_BASED)
 def test_backward_sets_weighted_shared_and_plain_head_gradients(name, grad_space):
-    """After backward: shared grads = grad of sum_k alpha_k L_k, head grads = grad of sum_k L_k."""
+    """After backward: shared grads = grad of sum_k alpha_k L_k; head grads = grad of sum_k L_k, or of
+    sum_k alpha_k L_k for a weighting whose reference back-propagates the weighted sum (FairGrad)."""
     model, images, labels = _tiny_problem()
     weighting = build_weighting(name, 3, grad_space=grad_space)
     rep = model.features(images)
@@ -154,7 +155,8 @@ def test_backward_sets_weighted_shared_and_plain_head_gradients(name, grad_space
     model.zero_grad()
     losses = task_losses(TASKS, model(images), labels)
     expect_shared = torch.cat([g.reshape(-1) for g in torch.autograd.grad((alpha * losses).sum(), shared, retain_graph=True)])
-    expect_heads = torch.cat([g.reshape(-1) for g in torch.autograd.grad(losses.sum(), heads)])
+    head_loss = (alpha * losses).sum() if weighting.weights_heads else losses.sum()
+    expect_heads = torch.cat([g.reshape(-1) for g in torch.autograd.grad(head_loss, heads)])
     torch.testing.assert_close(got_shared, expect_shared, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(got_heads, expect_heads)
 
@@ -168,3 +170,19 @@ def test_exact_gradient_methods_agree():
         alphas.append(build_weighting("aligned_mtl", 3, grad_method=method).backward(losses, model, rep))
     torch.testing.assert_close(alphas[0], alphas[1])
     torch.testing.assert_close(alphas[0], alphas[2], atol=1e-5, rtol=1e-4)
+
+
+def test_fairgrad_weights_its_task_heads_as_its_reference_does():
+    """FairGrad's reference back-propagates sum_k w_k L_k through every parameter, heads included."""
+    model, images, labels = _tiny_problem()
+    weighting = build_weighting("fairgrad", 3)
+    rep = model.features(images)
+    losses = task_losses(TASKS, model.heads_forward(rep), labels)
+    alpha = weighting.backward(losses, model, rep)
+    assert weighting.weights_heads and not torch.allclose(alpha, torch.ones(3))
+    head = model.heads[2]  # task c
+    got = torch.cat([p.grad.reshape(-1) for p in head.parameters()])
+    model.zero_grad()
+    loss_c = task_losses(TASKS, model(images), labels)[2]
+    plain = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss_c, list(head.parameters()))])
+    torch.testing.assert_close(got, alpha[2] * plain, atol=1e-6, rtol=1e-4)

@@ -1,4 +1,5 @@
-"""Feature extractors for the victim networks: torchvision backbones (random init) and a small CNN.
+"""Feature extractors for the victim networks: torchvision backbones (random init), the CIFAR ResNets
+(resnet8, resnet20) built from torchvision's BasicBlock, and a small CNN.
 
 Every builder returns `(module, feature_dim)`; `module(x)` maps (B, C, H, W) to (B, feature_dim).
 Weights are never downloaded (`weights=None`). Inputs under 96 px get a CIFAR-style 3×3 stride-1
@@ -46,6 +47,37 @@ class PooledFeatures(nn.Module):
         if self.relu:
             x = torch.relu(x)
         return self.pool(x).flatten(1)
+
+
+class CifarResNet(nn.Module):
+    """The CIFAR ResNet of He et al. (2016, section 4.2): 3×3 stem, three stages of n torchvision
+    BasicBlocks at 16/32/64 channels (strides 1, 2, 2), global average pooling; depth = 6n + 2."""
+
+    def __init__(self, depth: int, in_channels: int = 3, widths: tuple = (16, 32, 64)):
+        from torchvision.models.resnet import BasicBlock
+
+        super().__init__()
+        if (depth - 2) % 6:
+            raise ConfigError(f"CIFAR ResNet depth {depth}: must be 6n + 2 (8, 14, 20, 32, …)")
+        blocks_per_stage = (depth - 2) // 6
+        layers = [nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False), nn.BatchNorm2d(widths[0]),
+                  nn.ReLU(inplace=True)]
+        channels = widths[0]
+        for stage, width in enumerate(widths):
+            for block in range(blocks_per_stage):
+                stride = 2 if stage > 0 and block == 0 else 1
+                downsample = None
+                if stride != 1 or channels != width:
+                    downsample = nn.Sequential(nn.Conv2d(channels, width, 1, stride=stride, bias=False),
+                                               nn.BatchNorm2d(width))
+                layers.append(BasicBlock(channels, width, stride=stride, downsample=downsample))
+                channels = width
+        self.blocks = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.out_features = channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.blocks(x)).flatten(1)
 
 
 def _resnet(name: str, in_channels: int, image_size: int):
@@ -115,6 +147,9 @@ def build_backbone(name: str, in_channels: int = 3, image_size: int = 32) -> tup
     if name == "small_cnn":
         net = SmallCNN(in_channels)
         return net, net.out_features
+    if name in CIFAR_RESNET_DEPTHS:
+        net = CifarResNet(CIFAR_RESNET_DEPTHS[name], in_channels)
+        return net, net.out_features
     if name in ("resnet18", "resnet50"):
         return _resnet(name, in_channels, image_size)
     if name == "vgg16_bn":
@@ -126,4 +161,5 @@ def build_backbone(name: str, in_channels: int = 3, image_size: int = 32) -> tup
     raise ConfigError(f"--backbone {name!r}: unknown backbone (one of {', '.join(BACKBONES)})")
 
 
-BACKBONES = ("resnet18", "resnet50", "vgg16_bn", "densenet121", "vit_b_16", "small_cnn")
+CIFAR_RESNET_DEPTHS = {"resnet8": 8, "resnet20": 20}
+BACKBONES = ("resnet18", "resnet50", "vgg16_bn", "densenet121", "vit_b_16", "small_cnn", "resnet8", "resnet20")

@@ -11,7 +11,8 @@ the caller's. `backward` returns the task weights it used, (K,), detached.
   gradnorm) compute the per-task gradients G (K × P) of the shared parameters (exact, default) or
   of the shared representation (`grad_space="representation"`), derive weights α from the Gram
   matrix GGᵀ, and set the shared gradient to αᵀG. Task heads get ∇ Σ_k L_k (each head only
-  sees its own loss), as in LibMTL.
+  sees its own loss), as in LibMTL, except where the reference back-propagates Σ_k α_k L_k
+  (`weights_heads`: FairGrad), whose heads get ∇ Σ_k α_k L_k.
 """
 
 from __future__ import annotations
@@ -67,6 +68,9 @@ class GradientWeighting(Weighting):
     """A strategy that picks weights α from the Gram matrix of the per-task gradients."""
 
     uses_gradients = True
+    # The reference back-propagates Σ_k α_k L_k, so each head's gradient is scaled by its task's α_k
+    # (FairGrad in LibMTL and the MTL-UE code); otherwise heads get ∇ Σ_k L_k as LibMTL's others do.
+    weights_heads = False
 
     def weights_from_gram(self, gram: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
         """α (K,) from GGᵀ (K × K, float64 on CPU) and the detached losses; the update is αᵀG."""
@@ -80,15 +84,19 @@ class GradientWeighting(Weighting):
     def backward(self, losses, model, rep):
         task_params = [p for p in model.task_parameters() if p.requires_grad]
         shared_params = [p for p in model.shared_parameters() if p.requires_grad]
-        head_grads = torch.autograd.grad(losses.sum(), task_params, retain_graph=True, allow_unused=True)
         if self.grad_space == "representation":
             rep_jac = representation_jacobian(losses, rep)
             flat = rep_jac.reshape(len(losses), -1)
             alpha = self._alpha(flat, losses)
-            rep.backward((alpha @ flat).view_as(rep))
+            shared_update = (alpha @ flat).view_as(rep)
         else:
             grads = shared_jacobian(losses, rep, shared_params, self.grad_method, self.chunk)
             alpha = self._alpha(grads, losses)
+        head_loss = (alpha.detach() * losses).sum() if self.weights_heads else losses.sum()
+        head_grads = torch.autograd.grad(head_loss, task_params, retain_graph=True, allow_unused=True)
+        if self.grad_space == "representation":
+            rep.backward(shared_update)
+        else:
             write_flat_grad(shared_params, alpha @ grads)
         for p, g in zip(task_params, head_grads):
             if g is not None:

@@ -1,5 +1,7 @@
 """FairGrad (Ban & Ji, ICML 2024): α-fair weights w > 0 solving GGᵀ w = w^{−1/α}; update Σ_k w_k g_k.
 
+The reference back-propagates Σ_k w_k L_k, so the task heads are weighted too (`weights_heads`).
+
 Solved, as the reference code, with scipy.optimize.least_squares from w = 1/K, bounds w ≥ 0.
 """
 
@@ -13,6 +15,7 @@ from mtlue.weighting.base import GradientWeighting
 
 class FairGrad(GradientWeighting):
     name = "fairgrad"
+    weights_heads = True
 
     def __init__(self, num_tasks: int, alpha: float = 1.0, **kwargs):
         super().__init__(num_tasks, **kwargs)
