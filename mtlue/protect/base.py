@@ -173,6 +173,10 @@ class ProtectContext:
         self._surrogate_info: dict = {}
 
     # -- data -------------------------------------------------------------------------------
+    def data_identity(self) -> dict:
+        """The source's spec and content digest: every cache in work_dir is keyed by it."""
+        return self.source.identity()
+
     @property
     def num_samples(self) -> int:
         return self.source.size(self.split)

@@ -92,7 +92,7 @@ def protect_source(source: Source, store_dir, config: ProtectConfig, device: tor
     poisoned = poisoned_index_set(source, "train", config.poison_rate, config.seed)
     record["poisoned_indices"] = "all" if poisoned is None else poisoned.tolist()
     run_key = {"record": {k: v for k, v in record.items() if k not in ("software", "surrogate")}, "shard_size": shard_size,
-               "source": source.name, "count": source.size("train")}
+               "source": source.identity(), "count": source.size("train")}
     run_key = json.loads(json.dumps(run_key))
     run_path = work_dir / RUN_FILE
     partial = store_dir.is_dir() and any(store_dir.iterdir()) and not (store_dir / "manifest.json").is_file()
@@ -108,8 +108,8 @@ def protect_source(source: Source, store_dir, config: ProtectConfig, device: tor
     writer = StoreWriter(store_dir, source.tasks, source.image_shape, overwrite=overwrite and not resume, resume=resume)
     with writer:
         writer.write_split("train", source.size("train"), shard_size, make_batches, progress=progress)
-        return writer.finish(protection=record, extra={"source": {"name": source.name,
-                                                                  "image_shape": list(source.image_shape)}})
+        origin = {**source.origin_record(), "image_shape": list(source.image_shape)}
+        return writer.finish(protection=record, extra={"source": origin})
 
 
 def protect_batch(batch: Batch, method, config: ProtectConfig, poisoned: np.ndarray | None, device) -> Batch:

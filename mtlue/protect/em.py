@@ -44,21 +44,34 @@ class EMMethod(ProtectionMethod):
         self.delta = ((torch.rand((len(indices), channels, height, width), generator=noise) * 2 - 1) * config.eps).half()
         self.history, start = [], 0
         state_path = context.work_dir / "em" / STATE_FILE
+        key = self._state_key()
         if state_path.is_file():
             state = torch.load(state_path, map_location="cpu", weights_only=True)
-            self.delta, start, self.history = state["delta"], state["round"], list(state["history"])
-            model.load_state_dict(state["model"])
-            optimiser.load_state_dict(state["optimiser"])
+            if state.get("key") == key:  # otherwise another setting or dataset made it: start over
+                self.delta, start, self.history = state["delta"], state["round"], list(state["history"])
+                model.load_state_dict(state["model"])
+                optimiser.load_state_dict(state["optimiser"])
         finished = bool(self.history) and self.history[-1] <= config.stop_error
         for round_index in range(start, config.epochs if not finished else start):
             self._train_surrogate(model, optimiser, round_index)
             error = self._update_noise(model)
             self.history.append(error)
-            atomic_torch_save({"delta": self.delta, "round": round_index + 1, "history": self.history,
+            atomic_torch_save({"key": key, "delta": self.delta, "round": round_index + 1, "history": self.history,
                                "model": model.state_dict(), "optimiser": optimiser.state_dict()}, state_path)
             context.iteration_done(round_index)
             if error <= config.stop_error:
                 break
+
+    def _state_key(self) -> str:
+        """JSON of every input of the saved δ: the settings it was optimised with and the data.
+        The round cap (`epochs`) is left out so a resumed run may be given more rounds."""
+        import json
+
+        settings = self.config.to_json()
+        for name in ("epochs", "work_dir", "generator_path", "method"):
+            settings.pop(name, None)
+        return json.dumps({"settings": settings, "steps": self.steps, "step_size": self.alpha,
+                           "data": self.context.data_identity()}, sort_keys=True, default=str)
 
     def _poisoned(self, images, index):
         positions = torch.as_tensor([self.position[int(i)] for i in index])

@@ -82,8 +82,12 @@ class MTLUEMethod(ProtectionMethod):
         self.generator_sha256 = weights_sha256(self.generator)
 
     def _fingerprint(self) -> dict:
+        """What a saved generator state must match to be resumed or reused: the settings, the LR
+        schedule actually in force (it depends on the epoch cap), and the data it was trained on."""
         d = self.config.to_json()
-        return json.loads(json.dumps({k: d[k] for k in RESUME_KEYS}))
+        key = {k: d[k] for k in RESUME_KEYS}
+        key.update(schedule=self.config.scaled_milestones(), data=self.context.data_identity())
+        return json.loads(json.dumps(key))
 
     def _finished_with_these_settings(self, meta: dict) -> bool:
         """A saved final generator is reused when it was trained with these settings to its end."""

@@ -2,13 +2,17 @@
 
 Trained with `mtlue.train.train_model` on the clean train split (weighting ew) and cached in
 `work_dir/surrogate/`: `model.pt` (final weights), `epoch-*.pt` checkpoints, `surrogate.json`
-(written last: its presence means the surrogate is complete).
+(written last: its presence means the surrogate is complete). The cache is reused only when
+`surrogate.json` records the same key: the surrogate settings, the seed and the data identity;
+otherwise the directory is cleared and the surrogate retrained.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
+import shutil
 from pathlib import Path
 
 import torch
@@ -43,12 +47,20 @@ def _epoch_of(path: Path) -> int:
     return int(numbers[-1]) if numbers else -1
 
 
+def cache_key(context) -> dict:
+    """Every input of the cached surrogate: its settings, the protection seed and the data identity."""
+    return json.loads(json.dumps({"settings": dataclasses.asdict(context.config.surrogate),
+                                  "seed": context.config.seed, "data": context.data_identity()}))
+
+
 def _train_surrogate(context) -> dict:
     """Train the clean surrogate once with the victim training loop and cache it; return its info."""
     from mtlue.train import TrainConfig, train_model
 
     settings = context.config.surrogate
     out_dir = context.surrogate_dir
+    if out_dir.is_dir() and not out_dir.is_symlink():
+        shutil.rmtree(out_dir)  # another key's checkpoints must not join this run's ensemble
     out_dir.mkdir(parents=True, exist_ok=True)
     train_config = TrainConfig(backbone=settings.backbone, weighting=settings.weighting, epochs=settings.epochs,
                                batch_size=settings.batch_size, lr=settings.lr, weight_decay=settings.weight_decay,
@@ -63,7 +75,7 @@ def _train_surrogate(context) -> dict:
     checkpoints = sorted((p for p in out_dir.rglob("*.pt") if p not in before and p.name != MODEL_FILE
                           and not p.name.endswith(".tmp")), key=_epoch_of)
     checkpoints = checkpoints[-settings.num_checkpoints:]
-    info = {"source": "trained", "backbone": settings.backbone, "epochs": settings.epochs,
+    info = {"key": cache_key(context), "source": "trained", "backbone": settings.backbone, "epochs": settings.epochs,
             "batch_size": settings.batch_size, "weighting": settings.weighting,
             "checkpoint_every": settings.checkpoint_interval,
             "model": MODEL_FILE, "checkpoints": [str(p.relative_to(out_dir)) for p in checkpoints]}
@@ -74,7 +86,12 @@ def _train_surrogate(context) -> dict:
 def _surrogate_info(context) -> dict:
     path = context.surrogate_dir / INFO_FILE
     if path.is_file():
-        return json.loads(path.read_text())
+        try:
+            info = json.loads(path.read_text())
+        except ValueError:
+            info = {}
+        if info.get("key") == cache_key(context):
+            return info
     return _train_surrogate(context)
 
 
@@ -89,11 +106,16 @@ def load_or_train_surrogate(context):
             raise ConfigError(f"--surrogate {given}: no checkpoint file there")
         model, meta = load_checkpoint(str(path), context.device)
         return freeze(model), {"source": "given", "path": str(path), "sha256": sha256_file(str(path))}
-    info = _surrogate_info(context)
+    info = _public(_surrogate_info(context))
     path = context.surrogate_dir / info["model"]
     model, _ = load_checkpoint(str(path), context.device)
     info = dict(info, sha256=sha256_file(str(path)))
     return freeze(model), info
+
+
+def _public(info: dict) -> dict:
+    """The info without its cache key (which names the data's spec): what the manifest may record."""
+    return {k: v for k, v in info.items() if k != "key"}
 
 
 def surrogate_checkpoint_paths(context) -> list[Path]:
@@ -114,7 +136,7 @@ def load_ensemble(context) -> tuple[list[torch.nn.Module], dict]:
     """(the SEP checkpoints as frozen models on context.device, info dict naming them)."""
     paths = surrogate_checkpoint_paths(context)
     given = context.config.surrogate_path
-    info = {"source": "given", "path": given} if given else dict(_surrogate_info(context))
+    info = {"source": "given", "path": given} if given else _public(_surrogate_info(context))
     info = dict(info, ensemble=[str(p) for p in paths], ensemble_size=len(paths))
     return [freeze(load_checkpoint(str(p), context.device)[0]) for p in paths], info
 

@@ -56,7 +56,8 @@ def export_source(source: Source, store_dir: str, shard_size: int = 10000, overw
     for split in splits:
         source.check_split(split)
     batch_size = export_batch_size(source.image_shape, shard_size)
-    record = {"name": source.name, "spec": spec, "seed": seed}
+    record = source.origin_record()
+    record.update({"spec": spec or record.get("spec"), "seed": seed})
     pool = None
     if workers > 0:
         # forkserver/spawn, never fork: a forked worker would inherit the open shard file and its HDF5 lock
