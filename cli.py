@@ -152,6 +152,26 @@ def _short_value(value, width: int = 72) -> str:
 
 # ---- victim training (train) ------------------------------------------------------------
 
+BINARY_METRICS = ("balanced_accuracy", "auc")  # mtlue.metrics.BINARY_METRICS (not imported: keeps --help light)
+
+
+def _victim_options(func):
+    """--optimizer, --momentum, --schedule, --augment: how a victim trains (mtlue.train.TrainConfig)."""
+    options = [
+        click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True,
+                     help="adam, or sgd with --momentum (Nesterov)."),
+        click.option("--momentum", type=float, default=0.9, show_default=True, help="SGD momentum."),
+        click.option("--schedule", type=click.Choice(["step", "cosine"]), default="step", show_default=True,
+                     help="step: LR x0.1 at 60% and 80% of the epochs; cosine: annealed to 0."),
+        click.option("--augment", type=click.Choice(["none", "standard"]), default="none", show_default=True,
+                     help="standard: random crop (padding; random-resized crop from 96 px) and a horizontal "
+                          "flip only when every task is flip-safe."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 
 @main.command()
 @click.argument("data")
@@ -163,7 +183,10 @@ def _short_value(value, width: int = 72) -> str:
               help="resnet18, resnet50, vgg16_bn, densenet121, vit_b_16, small_cnn.")
 @click.option("--epochs", default=60, show_default=True, type=int)
 @click.option("--batch-size", default=128, show_default=True, type=int)
-@click.option("--lr", default=1e-3, show_default=True, type=float, help="Adam learning rate (weight decay 1e-4; LR x0.1 at 60% and 80% of the epochs).")
+@click.option("--lr", default=1e-3, show_default=True, type=float, help="Learning rate (weight decay 1e-4).")
+@_victim_options
+@click.option("--binary-metric", type=click.Choice(BINARY_METRICS), default="balanced_accuracy", show_default=True,
+              help="Metric of binary tasks (never plain accuracy: an imbalanced task looks learned at its majority class).")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False), help="Output directory [default: runs/train-<weighting>].")
 @click.option("--stl", is_flag=True, help="Single-task learning: one independent network per task.")
 @click.option("--grad-space", type=click.Choice(["shared", "representation"]), default="shared", show_default=True,
@@ -177,8 +200,8 @@ def _short_value(value, width: int = 72) -> str:
 @click.option("--workers", default=0, show_default=True, type=int, help="DataLoader worker processes.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @reports_errors
-def train(data, test_spec, weighting, backbone, epochs, batch_size, lr, out_dir, stl, grad_space, checkpoint_every,
-          defense, seed, device, workers, quiet):
+def train(data, test_spec, weighting, backbone, epochs, batch_size, lr, optimizer, momentum, schedule, augment,
+          binary_metric, out_dir, stl, grad_space, checkpoint_every, defense, seed, device, workers, quiet):
     """Train a victim multi-task model on DATA and test it on clean data every epoch.
 
     DATA is any SOURCE or store. Writes DIR/metrics.json (per task and epoch, floor, peak, last,
@@ -188,35 +211,25 @@ def train(data, test_spec, weighting, backbone, epochs, batch_size, lr, out_dir,
 
     from mtlue.data import open_source
     from mtlue.defenses import build_defense, canonical_defense_name
-    from mtlue.errors import ConfigError
     from mtlue.runtime import resolve_device
-    from mtlue.train import TrainConfig, train_model
+    from mtlue.train import TrainConfig, check_training_sources, train_model
 
     defense = canonical_defense_name(defense)
     config = TrainConfig(backbone=backbone, weighting=weighting, epochs=epochs, batch_size=batch_size, lr=lr,
                          grad_space=grad_space, stl=stl, seed=seed, num_workers=workers, checkpoint_every=checkpoint_every,
-                         defense=None if defense == "none" else defense)
+                         defense=None if defense == "none" else defense, optimizer=optimizer, momentum=momentum,
+                         schedule=schedule, augment=augment, binary_metric=binary_metric)
     torch_device = resolve_device(device)
     train_source = open_source(data)
     test_source = open_source(test_spec) if test_spec else train_source
-    if "train" not in train_source.splits():
-        raise ConfigError(f"{data}: has no 'train' split (splits: {', '.join(train_source.splits())})")
-    if "test" not in test_source.splits():
-        raise ConfigError(f"{test_spec or data}: has no 'test' split; name a clean test source with --test SOURCE")
-    test_tasks = {t.name: t for t in test_source.tasks}
-    for task in train_source.tasks:
-        if task.name not in test_tasks:
-            raise ConfigError(f"--test {test_spec}: has no task {task.name!r} (its tasks: {', '.join(test_tasks)})")
-        if test_tasks[task.name] != task:
-            raise ConfigError(f"task {task.name!r}: {task.kind}/{task.num_classes} in DATA but "
-                              f"{test_tasks[task.name].kind}/{test_tasks[task.name].num_classes} in --test")
+    check_training_sources(train_source, test_source, data, f"--test {test_spec}" if test_spec else data)
     out_dir = out_dir or f"runs/train-{weighting}"
     floor_labels = {t.name: train_source.label_array("train", t.name) for t in train_source.tasks}
     hook = build_defense(defense, train_source.tasks, generator=torch.Generator().manual_seed(seed + 7))
     result = train_model(config, train_source.dataset("train"), test_source.dataset("test"), train_source.tasks,
                          torch_device, out_dir=out_dir, defense=hook, progress=not quiet, floor_labels=floor_labels)
     history = result.history
-    click.echo(f"{'task':<22}{'metric':<19}{'floor':>8}{'peak':>8}{'last':>8}")
+    click.echo(f"{'task':<22}{'metric':<19}{'chance':>8}{'peak':>8}{'last':>8}")
     for task in train_source.tasks:
         name = task.name
         click.echo(f"{name:<22}{history['metric'][name]:<19}{history['floor'][name]:>8.4f}"
@@ -392,53 +405,113 @@ def _split_names(value: str) -> tuple:
     return tuple(v.strip() for v in value.split(",") if v.strip())
 
 
+VERDICT_EXIT = {"PASS": 0, "FAIL": 3, "INCONCLUSIVE": 4}
+
+
+def _verdict_exit(result) -> None:
+    """Exit 0 on PASS, 3 on FAIL, 4 on INCONCLUSIVE (also when no row can be judged)."""
+    outcome, _ = result.verdict_or_reason()
+    sys.exit(VERDICT_EXIT[outcome.outcome] if outcome else VERDICT_EXIT["INCONCLUSIVE"])
+
+
+def _jobs(value: str, device) -> int:
+    """--jobs: a count, or auto (one worker per CPU core on CPU, 1 on CUDA)."""
+    if value == "auto":
+        return max(1, os.cpu_count() or 1) if device.type == "cpu" else 1
+    try:
+        jobs = int(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: a positive integer or auto", param_hint="--jobs") from None
+    if jobs < 1:
+        raise click.BadParameter(f"{value!r}: a positive integer or auto", param_hint="--jobs")
+    return jobs
+
+
+_JOBS_HELP = "Victims trained at once, one worker process each (CPU only); auto = one per CPU core."
+
+
 @main.command()
 @click.argument("store")
-@click.option("--clean", "clean_spec", required=True, help="SOURCE of the clean data (train split for the "
-              "reference victims, test split for every evaluation).")
+@click.option("--clean", "clean_spec", required=True, help="SOURCE the store was protected from: its train split "
+              "trains the clean reference victims, its test split evaluates every victim.")
+@click.option("--profile", "profiles", multiple=True, metavar="NAME[:KEY=VALUE,...]",
+              help="Attacker profile (repeatable): preset plain, augmented, sgd or long, or any name with "
+                   "preset=…; keys are victim settings, e.g. sgd:backbone=resnet8,epochs=30,weightings=ew+uw. "
+                   "[default: plain and sgd]")
 @click.option("--weightings", default="ew,uw,rlw,aligned_mtl,fairgrad", show_default=True,
-              help="Comma-separated task weightings to verify against.")
+              help="Comma-separated task weightings of every profile that names none.")
+@click.option("--stl", is_flag=True, help="Also verify single-task victims (one network per task) in every profile.")
+@click.option("--seeds", default="0,1", show_default=True,
+              help="Victim seeds of the no-defense rows; a row is judged at its worst seed.")
 @click.option("--defenses", default="none", show_default=True,
               help="Comma-separated defenses, e.g. none,grayscale,jpeg10,bdr2,cutmix,ueraser_lite,at.")
-@click.option("--defense-weightings", default=None, help="Weightings that get the defense rows (default: all).")
-@click.option("--stl", is_flag=True, help="Also verify single-task victims (one network per task).")
-@click.option("--backbone", default="resnet18", show_default=True, help="Victim backbone.")
-@click.option("--epochs", default=60, show_default=True, type=int, help="Victim epochs.")
-@click.option("--batch-size", default=128, show_default=True, type=int)
+@click.option("--defense-weightings", default=None, help="Weightings that get the defense rows [default: all].")
+@click.option("--defense-profiles", default=None, help="Profiles that get the defense rows [default: the first].")
+@click.option("--backbone", default="resnet18", show_default=True, help="Victim backbone (profiles may override).")
+@click.option("--epochs", default=60, show_default=True, type=click.IntRange(min=1), help="Victim epochs.")
+@click.option("--batch-size", default=128, show_default=True, type=click.IntRange(min=1))
 @click.option("--lr", default=1e-3, show_default=True, type=float)
-@click.option("--margin", default=10.0, show_default=True, type=float,
-              help="PASS when protected mean accuracy <= mean majority floor + MARGIN points.")
+@_victim_options
+@click.option("--grad-space", type=click.Choice(["shared", "representation"]), default="shared", show_default=True,
+              help="Gradients aligned_mtl/fairgrad combine; rows on representation gradients are labelled ~rep.")
+@click.option("--max-learnability", default=0.2, show_default=True, type=float,
+              help="PASS when every no-defense row, at its worst seed, retains at most this share of what clean "
+                   "data teaches (0 = nothing beyond chance, 1 = as much as clean).")
+@click.option("--min-clean-gain", default=0.1, show_default=True, type=float,
+              help="INCONCLUSIVE when a clean victim's mean gain over chance is below this.")
+@click.option("--binary-metric", type=click.Choice(BINARY_METRICS), default="balanced_accuracy", show_default=True,
+              help="Metric binary tasks are judged on.")
+@click.option("--jobs", default="auto", show_default=True, help=_JOBS_HELP)
 @click.option("--out", "out_dir", default=None, help="Report directory [default: STORE.verify].")
-@click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @reports_errors
-def verify(store, clean_spec, weightings, defenses, defense_weightings, stl, backbone, epochs, batch_size, lr, margin,
-           out_dir, seed, device, quiet):
+def verify(store, clean_spec, profiles, weightings, stl, seeds, defenses, defense_weightings, defense_profiles,
+           backbone, epochs, batch_size, lr, optimizer, momentum, schedule, augment, grad_space, max_learnability,
+           min_clean_gain, binary_metric, jobs, out_dir, device, quiet):
     """Check that a protected release is unlearnable: retrain victims on STORE and on clean data.
 
-    Writes report.json, report.md and figures/*.png, prints the verdict table, and appends the
-    verification summary to STORE/manifest.json. Exit 0 when protection holds, 3 when it does not.
+    Every attacker profile x weighting is a verdict row, judged at its worst seed by retained
+    learnability, (protected - chance) / (clean - chance) per task. Writes report.json, report.md
+    and figures/*.png into OUT, prints the score table, and appends the summary to
+    STORE/manifest.json. Exit 0 on PASS, 3 on FAIL, 4 on INCONCLUSIVE (the clean victims learned
+    too little for the test to prove anything), 1 on an error.
     """
     from mtlue.data import open_source
+    from mtlue.errors import ConfigError
+    from mtlue.profiles import STL_ROW, build_profiles, check_weightings, parse_profile_spec
     from mtlue.report import format_verdict_text
     from mtlue.runtime import resolve_device
     from mtlue.store import update_manifest, verify_store
     from mtlue.train import TrainConfig
+    from mtlue.verdict import VerdictRules
     from mtlue.verify import VerifyConfig, run_verification, verification_summary
 
+    torch_device = resolve_device(device)
+    jobs = _jobs(jobs, torch_device)
+    rules = VerdictRules(max_learnability=max_learnability, min_clean_gain=min_clean_gain, binary_metric=binary_metric)
+    base = TrainConfig(backbone=backbone, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
+                       momentum=momentum, schedule=schedule, augment=augment, grad_space=grad_space,
+                       binary_metric=binary_metric)
+    names = check_weightings(_split_names(weightings), "--weightings") + ((STL_ROW,) if stl else ())
+    tables = [parse_profile_spec(spec) for spec in profiles] or [{"name": "plain"}, {"name": "sgd"}]
+    try:
+        seed_list = tuple(int(s) for s in _split_names(seeds))
+    except ValueError:
+        raise ConfigError(f"--seeds {seeds!r}: comma-separated integers") from None
+    config = VerifyConfig(
+        profiles=build_profiles(tables, base, names, "--profile"), seeds=seed_list, defenses=_split_names(defenses),
+        defense_weightings=check_weightings(_split_names(defense_weightings), "--defense-weightings")
+        if defense_weightings else None,
+        defense_profiles=_split_names(defense_profiles) if defense_profiles else None, rules=rules)
     verify_store(store)
     protected, clean = open_source(store), open_source(clean_spec)
-    victim = TrainConfig(backbone=backbone, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
-    config = VerifyConfig(victim=victim, weightings=_split_names(weightings), defenses=_split_names(defenses),
-                          defense_weightings=_split_names(defense_weightings) if defense_weightings else None,
-                          stl=stl, margin=margin)
     out_dir = out_dir or os.path.normpath(store) + ".verify"
-    result = run_verification(protected, clean, config, out_dir, resolve_device(device), progress=not quiet)
+    result = run_verification(protected, clean, config, out_dir, torch_device, progress=not quiet, jobs=jobs)
     update_manifest(store, "verification", verification_summary(result))
     click.echo(format_verdict_text(result))
     click.echo(f"report: {os.path.join(out_dir, 'report.md')}")
-    sys.exit(0 if result.verdict_or_reason()[0] == "PASS" else 3)
+    _verdict_exit(result)
 
 
 @main.command()
@@ -447,26 +520,32 @@ def verify(store, clean_spec, weightings, defenses, defense_weightings, stl, bac
 @click.option("--runs-dir", default="runs", show_default=True)
 @click.option("--resume", is_flag=True, help="Continue an earlier run: stages whose fingerprint matches are skipped.")
 @click.option("--fresh", is_flag=True, help="Delete an earlier run of this name and start over.")
+@click.option("--jobs", default="auto", show_default=True, help=_JOBS_HELP)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @reports_errors
-def run(recipe, name, runs_dir, resume, fresh, device, quiet):
+def run(recipe, name, runs_dir, resume, fresh, jobs, device, quiet):
     """Protect a dataset and prove it, as a recipe (pipelines/*.toml) says.
 
     Stages: surrogate, generator, shards, victims, report, into RUNS_DIR/NAME/. Exit 0 on
-    verdict PASS, 3 on FAIL.
+    verdict PASS, 3 on FAIL, 4 on INCONCLUSIVE, 1 on an error.
     """
     from mtlue.pipeline import run_pipeline
     from mtlue.recipe import load_recipe
-    from mtlue.report import VerificationResult, format_verdict_text
+    from mtlue.report import format_verdict_text
+    from mtlue.runtime import resolve_device
+    from mtlue.verdict import VerificationResult
 
     if resume and fresh:
         raise click.UsageError("--resume and --fresh exclude each other")
-    outcome = run_pipeline(load_recipe(recipe, name), runs_dir, device=device, resume=resume, fresh=fresh,
-                           progress=not quiet, log=lambda line: click.echo(line, err=True))
-    click.echo(format_verdict_text(VerificationResult.from_json(outcome["report"])))
+    torch_device = resolve_device(device)
+    outcome = run_pipeline(load_recipe(recipe, name), runs_dir, device=torch_device, resume=resume, fresh=fresh,
+                           progress=not quiet, log=lambda line: click.echo(line, err=True),
+                           jobs=_jobs(jobs, torch_device))
+    result = VerificationResult.from_json(outcome["report"])
+    click.echo(format_verdict_text(result))
     click.echo(f"report: {os.path.join(outcome['report_dir'], 'report.md')}")
-    sys.exit(0 if outcome["verdict"] == "PASS" else 3)
+    _verdict_exit(result)
 
 
 if __name__ == "__main__":

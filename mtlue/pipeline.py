@@ -6,8 +6,9 @@
     victims    weighting × {clean, protected} × defense victims                    runs/<name>/victims/
     report     report.json, report.md, figures/*.png, verdict                      runs/<name>/report/
 
-Each stage's fingerprint covers its parameters and the fingerprints upstream of it, so
-editing a recipe re-runs exactly the stages it affects (mtlue.stages).
+Each stage's fingerprint covers its parameters, the identity of the data (the source spec and its
+content digest: indices, labels and image identity) and the fingerprints upstream of it, so editing
+a recipe, or pointing it at other data, re-runs exactly the stages it affects (mtlue.stages).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from mtlue.errors import ConfigError
-from mtlue.recipe import Recipe, build_config
+from mtlue.recipe import DEFAULT_SEEDS, Recipe, build_config, check_value
 from mtlue.stages import Stage, fingerprint, read_json
 
 STAGES = ("surrogate", "generator", "shards", "victims", "report")
@@ -71,33 +72,73 @@ def plan_run(recipe: Recipe, runs_dir: str = "runs") -> RunPlan:
                                          checkpoint_every=surrogate.checkpoint_every, weighting=surrogate.weighting)
     protect = build_config(ProtectConfig, protect_table, f"{where} [protect]", seed=recipe.seed,
                            surrogate=surrogate_settings)
-    victim = build_config(TrainConfig, recipe.victim_settings(), f"{where} [victims]", seed=recipe.seed)
-    stl = bool(recipe.victims.get("stl", False))
-    if stl:
-        victim = dataclasses.replace(victim, stl=False)
-    verify = VerifyConfig(victim=victim, weightings=recipe.weightings, defenses=recipe.defenses,
-                          defense_weightings=recipe.defense_weightings, stl=stl, margin=recipe.margin)
+    verify = plan_verification(recipe)
     return RunPlan(recipe=recipe, run_dir=os.path.join(runs_dir, recipe.name), surrogate=surrogate,
                    protect=protect, verify=verify)
 
 
-def _stage_params(plan: RunPlan) -> dict:
-    """Parameters of each stage (what its fingerprint covers, besides upstream fingerprints)."""
+def plan_verification(recipe: Recipe):
+    """The [victims] and [verify] tables as a VerifyConfig: every profile, weighting, defense, seed and
+    rule checked now, before any stage runs."""
+    from mtlue.profiles import STL_ROW, build_profiles, check_weightings
+    from mtlue.train import TrainConfig
+    from mtlue.verdict import VerdictRules
+    from mtlue.verify import VerifyConfig
+
+    where = recipe.path
+    table = recipe.victims
+    rules = build_config(VerdictRules, recipe.verify, f"{where} [verify]")
+    base = build_config(TrainConfig, recipe.victim_settings(), f"{where} [victims]", seed=recipe.seed,
+                        binary_metric=rules.binary_metric)
+    weightings = check_weightings(check_value(f"{where} [victims]", "weightings", recipe.weightings, ()),
+                                  f"{where} [victims] weightings")
+    if check_value(f"{where} [victims]", "stl", table.get("stl", False), False) and STL_ROW not in weightings:
+        weightings = weightings + (STL_ROW,)
+    profiles = table.get("profiles", [])
+    if not isinstance(profiles, list) or not all(isinstance(p, dict) for p in profiles):
+        raise ConfigError(f"{where}: [victims] profiles must be [[victims.profiles]] tables")
+    profiles = build_profiles(profiles, base, weightings, f"{where} [victims]")
+    defense_weightings = table.get("defense_weightings")
+    if defense_weightings is not None:
+        defense_weightings = check_weightings(check_value(f"{where} [victims]", "defense_weightings",
+                                                          defense_weightings, ()), f"{where} [victims] defense_weightings")
+    defense_profiles = table.get("defense_profiles")
+    try:
+        return VerifyConfig(
+            profiles=profiles, seeds=check_value(f"{where} [victims]", "seeds", table.get("seeds", DEFAULT_SEEDS), ()),
+            defenses=check_value(f"{where} [victims]", "defenses", recipe.defenses, ()),
+            defense_weightings=defense_weightings,
+            defense_profiles=None if defense_profiles is None else check_value(f"{where} [victims]", "defense_profiles",
+                                                                               defense_profiles, ()),
+            rules=rules)
+    except ConfigError as exc:
+        raise ConfigError(f"{where} [victims]: {exc}") from None
+
+
+def _stage_params(plan: RunPlan, data: dict) -> dict:
+    """Parameters of each stage (what its fingerprint covers, besides upstream fingerprints).
+    `data` is the source's identity (spec and content digest)."""
     protect = plan.protect.to_json()
     protect.pop("work_dir", None)
-    verify = asdict(plan.verify)
     return {
-        "surrogate": {"source": plan.recipe.source, "train": asdict(plan.surrogate)} if plan.trains_surrogate
-        else {"trained": False},
-        "generator": {"protect": protect},
+        "surrogate": {"data": data, "train": asdict(plan.surrogate) if plan.trains_surrogate else False},
+        "generator": {"data": data, "protect": protect},
         "shards": {"shard_size": plan.recipe.shard_size},
-        "victims": {"verify": verify},
-        "report": {"margin": plan.verify.margin},
+        "victims": {"verify": plan.verify.to_json()},
+        "report": {"rules": asdict(plan.verify.rules)},
     }
 
 
-def stage_fingerprints(plan: RunPlan) -> dict:
-    params, prints, upstream = _stage_params(plan), {}, ()
+def source_identity(plan: RunPlan) -> dict:
+    from mtlue.data import open_source
+
+    return open_source(plan.recipe.source).identity()
+
+
+def stage_fingerprints(plan: RunPlan, data: dict | None = None) -> dict:
+    """Each stage's fingerprint; `data` (the source identity) is computed from the recipe when absent."""
+    data = source_identity(plan) if data is None else data
+    params, prints, upstream = _stage_params(plan, data), {}, ()
     for name in STAGES:
         prints[name] = fingerprint(params[name], upstream)
         upstream = upstream + (prints[name],)
@@ -117,7 +158,7 @@ def check_run_dir(run_dir: str, resume: bool, fresh: bool) -> None:
 
 
 def run_pipeline(recipe: Recipe, runs_dir: str = "runs", device=None, resume: bool = False, fresh: bool = False,
-                 progress: bool = True, log=print) -> dict:
+                 progress: bool = True, log=print, jobs: int = 1) -> dict:
     """Run (or resume) every stage; returns {"verdict", "report_dir", "stages": {name: "ran"|"skipped"}}."""
     from mtlue.data import open_source
     from mtlue.runtime import resolve_device
@@ -127,12 +168,13 @@ def run_pipeline(recipe: Recipe, runs_dir: str = "runs", device=None, resume: bo
     check_run_dir(plan.run_dir, resume, fresh)
     os.makedirs(plan.run_dir, exist_ok=True)
     source = open_source(recipe.source)
-    params, prints = _stage_params(plan), stage_fingerprints(plan)
+    data = source.identity()
+    params, prints = _stage_params(plan, data), stage_fingerprints(plan, data)
     actions = {
         "surrogate": lambda stage: _surrogate_stage(plan, source, device, stage, progress),
         "generator": lambda stage: _generator_stage(plan, source, device, stage, progress),
         "shards": lambda stage: _shards_stage(plan, source, device, stage, progress),
-        "victims": lambda stage: _victims_stage(plan, source, device, stage, progress),
+        "victims": lambda stage: _victims_stage(plan, source, device, stage, progress, jobs),
         "report": lambda stage: _report_stage(plan, source, device, stage),
     }
     outcome = {}
@@ -189,11 +231,11 @@ def _shards_stage(plan: RunPlan, source, device, stage: Stage, progress: bool) -
     return {"store": plan.store_dir, "shards": len(manifest["splits"]["train"]["shards"])}
 
 
-def _victims_stage(plan: RunPlan, source, device, stage: Stage, progress: bool) -> dict:
+def _victims_stage(plan: RunPlan, source, device, stage: Stage, progress: bool, jobs: int) -> dict:
     from mtlue.data import open_source
     from mtlue.verify import train_victim_grid
 
-    rows = train_victim_grid(open_source(plan.store_dir), source, plan.verify, stage.path, device, progress)
+    rows = train_victim_grid(open_source(plan.store_dir), source, plan.verify, stage.path, device, progress, jobs)
     return {"victims": len(rows)}
 
 

@@ -7,9 +7,12 @@ seed = 0
 [surrogate]                # clean surrogate: TrainConfig fields (backbone, epochs, batch_size, …)
 [protect]                  # ProtectConfig fields (method, base, epsilon, epochs, lambda_intra, …)
 [store]                    # shard_size
-[victims]                  # TrainConfig fields + weightings, defenses, defense_weightings, stl
-[verify]                   # margin (accuracy points above the mean majority floor)
+[victims]                  # TrainConfig fields shared by every attacker profile, plus the grid:
+                           # weightings, seeds, defenses, defense_weightings, defense_profiles, stl
+[[victims.profiles]]       # one table per attacker profile: name, preset, weightings, TrainConfig fields
+[verify]                   # max_learnability, min_clean_gain, binary_metric
 ```
+Every value is checked (key, type, known names) when the recipe is planned, before any work.
 """
 
 from __future__ import annotations
@@ -25,10 +28,13 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from mtlue.errors import ConfigError
+from mtlue.weighting import PAPER_WEIGHTINGS
 
-PAPER_WEIGHTINGS = ("ew", "uw", "rlw", "aligned_mtl", "fairgrad")
 TOP_KEYS = {"name", "source", "seed", "description", "surrogate", "protect", "store", "victims", "verify"}
-VICTIM_GRID_KEYS = {"weightings", "defenses", "defense_weightings"}
+VICTIM_GRID_KEYS = {"weightings", "defenses", "defense_weightings", "defense_profiles", "profiles", "seeds", "stl"}
+STORE_KEYS = {"shard_size"}
+VERIFY_KEYS = {"max_learnability", "min_clean_gain", "binary_metric"}
+DEFAULT_SEEDS = (0, 1)
 
 
 @dataclass(frozen=True)
@@ -59,16 +65,22 @@ class Recipe:
         return tuple(self.victims.get("defense_weightings", self.weightings))
 
     @property
-    def margin(self) -> float:
-        return float(self.verify.get("margin", 10.0))
-
-    @property
     def shard_size(self) -> int:
         return int(self.store.get("shard_size", 10000))
 
     def victim_settings(self) -> dict:
         """The [victims] keys that are TrainConfig fields (grid keys removed)."""
         return {k: v for k, v in self.victims.items() if k not in VICTIM_GRID_KEYS}
+
+
+def _check_keys(path: str, section: str, table: dict, known: set) -> None:
+    unknown = set(table) - known
+    if "margin" in unknown and section == "verify":
+        raise ConfigError(f"{path}: [verify] margin was replaced by max_learnability (retained learnability, "
+                          f"0 = nothing learned, 1 = as much as from clean data; default 0.2)")
+    if unknown:
+        raise ConfigError(f"{path}: [{section}] unknown key(s) {', '.join(sorted(unknown))} "
+                          f"(known: {', '.join(sorted(known))})")
 
 
 def load_recipe(path: str, name: str | None = None) -> Recipe:
@@ -80,34 +92,83 @@ def load_recipe(path: str, name: str | None = None) -> Recipe:
             data = tomllib.load(f)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the recipe ({exc})") from None
     unknown = set(data) - TOP_KEYS
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(TOP_KEYS))})")
-    for key in ("source",):
-        if key not in data:
-            raise ConfigError(f"{path}: missing required key {key!r}")
+    if "source" not in data:
+        raise ConfigError(f"{path}: missing required key 'source'")
+    for key, kind in (("source", str), ("name", str), ("description", str), ("seed", int)):
+        if key in data and (not isinstance(data[key], kind) or isinstance(data[key], bool)):
+            raise ConfigError(f"{path}: {key} = {data[key]!r}: expected {'an integer' if kind is int else 'a string'}")
     sections = {}
     for section in ("surrogate", "protect", "store", "victims", "verify"):
         value = data.get(section, {})
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: [{section}] must be a table")
         sections[section] = value
+    _check_keys(path, "store", sections["store"], STORE_KEYS)
+    _check_keys(path, "verify", sections["verify"], VERIFY_KEYS)
+    if "shard_size" in sections["store"]:
+        check_value(f"{path} [store]", "shard_size", sections["store"]["shard_size"], 1)
+        if sections["store"]["shard_size"] < 1:
+            raise ConfigError(f"{path}: [store] shard_size = {sections['store']['shard_size']}: must be >= 1")
     run_name = name or data.get("name") or os.path.splitext(os.path.basename(path))[0]
     return Recipe(path=path, name=str(run_name), source=str(data["source"]), seed=int(data.get("seed", 0)),
                   description=str(data.get("description", "")), **sections)
 
 
+def check_value(where: str, key: str, value, default):
+    """`value` converted to the type of `default` (int, float, bool, str, tuple), or ConfigError naming the key."""
+    def wrong(expected: str):
+        return ConfigError(f"{where}: {key} = {value!r}: expected {expected}")
+
+    if default is None:
+        return tuple(value) if isinstance(value, list) else value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise wrong("true or false")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise wrong("an integer")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise wrong("a number")
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise wrong("a string")
+        return value
+    if isinstance(default, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise wrong("a list")
+        return tuple(value)
+    return value
+
+
+def _field_default(f: dataclasses.Field):
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None
+
+
 def build_config(cls, values: dict, where: str, **overrides):
-    """Build a frozen config dataclass from a recipe table; unknown keys raise ConfigError naming them."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(values) - names
+    """Build a frozen config dataclass from a recipe table; unknown keys or wrong types raise ConfigError."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(values) - set(fields)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(names))})")
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(fields))})")
     merged = dict(values)
-    merged.update({k: v for k, v in overrides.items() if k in names})
+    merged.update({k: v for k, v in overrides.items() if k in fields})
     for key, value in merged.items():
-        if isinstance(value, list):
-            merged[key] = tuple(value)
+        default = _field_default(fields[key])
+        if not dataclasses.is_dataclass(default):
+            merged[key] = check_value(where, key, value, default)
     try:
         return cls(**merged)
     except (TypeError, ValueError) as exc:

@@ -1,116 +1,24 @@
-"""Verification report: the verdict rule, report.json, report.md, a CLI table and PNG figures.
+"""Rendering a verification (mtlue.verdict): the CLI table, report.json, report.md and PNG figures.
 
-The verify/pipeline code builds a `VerificationResult` (one `VictimRow` per weighting × defense,
-each with one `TaskMetric` per task) and calls `write_report(result, out_dir, samples)`.
-Accuracy-type metrics (accuracy, balanced_accuracy, auc) are in percent; `TaskMetric.from_fractions`
-converts the [0, 1] values of mtlue.metrics. A row's "mean accuracy" is the unweighted mean over its
-tasks with an accuracy-type metric that have both a protected value and a floor (mtlue.metrics'
-majority floor; 1/C for balanced accuracy, 50 for AUC). Other metrics (mae) are shown, never averaged.
-
-Verdict rule (`verdict`): PASS when every row trained without a defense has
-protected mean accuracy (last epoch) <= mean floor + margin; rows with a defense are reported
-with the same check but never change the verdict.
+Figures: `learning_curves.png` (per task, clean vs protected test metric over epochs),
+`learnability.png` (worst-seed retained learnability per profile × weighting, with the limit),
+`defense_heatmap.png` (learnability, profile/weighting × defense) and `samples.png` (clean,
+protected, amplified δ).
 """
 
 from __future__ import annotations
 
-import json
-import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from mtlue.errors import ConfigError
+from mtlue.jsonio import write_json
+from mtlue.store.layout import write_text_atomic
+from mtlue.verdict import NO_DEFENSE, VerificationResult
 
-ACCURACY_METRICS = ("accuracy", "balanced_accuracy", "auc")  # percent; enter the row means
-LOWER_IS_BETTER = ("mae", "abs_err", "rel_err", "mean_angle_error", "loss")
-NO_DEFENSE = ("none", "", None)
-SCHEMA = "mtlue-report/1"
-
-
-@dataclass
-class TaskMetric:
-    """One task of one weighting × defense pair, measured on the clean test split.
-
-    `clean`: victim trained on clean data (same weighting and defense), last epoch;
-    `protected_peak` / `protected_last`: victim trained on the protected store, best / last epoch;
-    `floor`: the metric of a predictor that ignores the image (mtlue.metrics.majority_floor: the train
-    majority class scored on the test labels); None when unknown. Values in percent for accuracy types.
-    """
-
-    task: str
-    kind: str  # TaskSpec.kind: binary | multiclass | regression | ...
-    metric: str  # accuracy | balanced_accuracy | auc (percent, in the means) | mae (shown only)
-    clean: float | None = None
-    protected_peak: float | None = None
-    protected_last: float | None = None
-    floor: float | None = None
-
-    @property
-    def in_mean(self) -> bool:
-        return self.metric in ACCURACY_METRICS and self.protected_last is not None and self.floor is not None
-
-    @classmethod
-    def from_fractions(cls, task: str, kind: str, metric: str, clean=None, protected_peak=None, protected_last=None,
-                       floor=None) -> "TaskMetric":
-        """Build from mtlue.metrics values: accuracy-type metrics in [0, 1] become percent; NaN becomes None."""
-        scale = 100.0 if metric in ACCURACY_METRICS else 1.0
-
-        def convert(value):
-            return None if value is None or not math.isfinite(value) else float(value) * scale
-
-        return cls(task, kind, metric, convert(clean), convert(protected_peak), convert(protected_last), convert(floor))
-
-    @property
-    def higher_is_better(self) -> bool:
-        return self.metric not in LOWER_IS_BETTER
-
-
-@dataclass
-class VictimRow:
-    """The victims of one task weighting under one defense ('none' = plain training)."""
-
-    weighting: str
-    defense: str = "none"
-    tasks: list = field(default_factory=list)  # list[TaskMetric]
-
-    def _mean(self, attribute: str) -> float | None:
-        values = [getattr(t, attribute) for t in self.tasks if t.in_mean]
-        values = [v for v in values if v is not None and math.isfinite(v)]
-        return float(np.mean(values)) if values else None
-
-    @property
-    def clean_mean(self) -> float | None:
-        return self._mean("clean")
-
-    @property
-    def protected_last_mean(self) -> float | None:
-        return self._mean("protected_last")
-
-    @property
-    def protected_peak_mean(self) -> float | None:
-        """Mean over tasks of each task's peak-over-epochs accuracy."""
-        return self._mean("protected_peak")
-
-    @property
-    def floor_mean(self) -> float | None:
-        return self._mean("floor")
-
-    @property
-    def in_verdict(self) -> bool:
-        return self.defense in NO_DEFENSE
-
-    def holds(self, margin: float) -> bool | None:
-        """protected mean (last epoch) <= floor mean + margin; None when the row has no accuracy task."""
-        protected, floor = self.protected_last_mean, self.floor_mean
-        if protected is None or floor is None:
-            return None
-        return protected <= floor + margin
-
-    @classmethod
-    def from_json(cls, d: dict) -> "VictimRow":
-        return cls(d["weighting"], d.get("defense", "none"), [TaskMetric(**t) for t in d["tasks"]])
+PERCENT_METRICS = ("accuracy", "balanced_accuracy", "auc")
 
 
 @dataclass
@@ -123,116 +31,40 @@ class SampleGrid:
     indices: list | None = None
 
 
-@dataclass
-class VerificationResult:
-    """Everything a report shows. `notes` holds free-form JSON-able context (protection record, seeds)."""
-
-    rows: list  # list[VictimRow]
-    margin: float = 10.0
-    title: str = "mtlue verification"
-    dataset: str = ""
-    method: str = ""
-    backbone: str = ""
-    epochs: int | None = None
-    notes: dict = field(default_factory=dict)
-
-    def clean_reference(self) -> dict:
-        """Clean-data mean accuracy per weighting, from its no-defense row."""
-        return {r.weighting: r.clean_mean for r in self.rows if r.in_verdict}
-
-    def verdict(self) -> str:
-        return verdict(self.rows, self.margin)
-
-    def verdict_or_reason(self) -> tuple:
-        """(verdict, None), or (None, why) when the rows cannot be judged (no accuracy task, fractions)."""
-        try:
-            return self.verdict(), None
-        except ConfigError as exc:
-            return None, str(exc)
-
-    def to_json(self) -> dict:
-        outcome, reason = self.verdict_or_reason()
-        rows = []
-        for r in self.rows:
-            row = asdict(r)
-            row.update(clean_mean=r.clean_mean, protected_last_mean=r.protected_last_mean,
-                       protected_peak_mean=r.protected_peak_mean, floor_mean=r.floor_mean,
-                       holds=r.holds(self.margin), in_verdict=r.in_verdict)
-            rows.append(row)
-        return _plain({
-            "schema": SCHEMA, "title": self.title, "dataset": self.dataset, "method": self.method,
-            "backbone": self.backbone, "epochs": self.epochs, "margin": self.margin,
-            "verdict": outcome, "verdict_error": reason,
-            "rule": "PASS iff every weighting without defense has protected mean accuracy (last epoch, %) "
-                    "<= mean majority floor + margin; defense rows are reported and do not change the verdict",
-            "clean_reference": self.clean_reference(), "rows": rows, "notes": self.notes,
-        })
-
-    @classmethod
-    def from_json(cls, d: dict) -> "VerificationResult":
-        keys = ("margin", "title", "dataset", "method", "backbone", "epochs", "notes")
-        return cls(rows=[VictimRow.from_json(r) for r in d["rows"]], **{k: d[k] for k in keys if k in d})
+def _fmt(value, digits: int = 3) -> str:
+    return "–" if value is None or (isinstance(value, float) and not np.isfinite(value)) else f"{value:.{digits}f}"
 
 
-def verdict(rows, margin: float = 10.0) -> str:
-    """'PASS' when every no-defense row's protected mean accuracy (last epoch) <= its mean floor + margin.
-
-    Rows with a defense never affect the verdict. Raises ConfigError when no no-defense row has an
-    accuracy task to judge, or when every floor is <= 1 (values given as fractions, not percent).
-    """
-    floors = [t.floor for r in rows for t in r.tasks if t.in_mean]
-    if floors and max(floors) <= 1.0:
-        raise ConfigError("verdict: accuracies look like fractions in [0, 1]; report values are percent "
-                          "(build them with TaskMetric.from_fractions)")
-    judged = [r.holds(margin) for r in rows if r.in_verdict]
-    judged = [h for h in judged if h is not None]
-    if not judged:
-        raise ConfigError("verdict: no weighting trained without defense has an accuracy task with a floor to judge")
-    return "PASS" if all(judged) else "FAIL"
+def _value(value, metric: str) -> str:
+    """A metric value as shown: accuracy-type metrics in percent, errors as they are."""
+    if value is None:
+        return "–"
+    return f"{100 * value:.1f}" if metric in PERCENT_METRICS else f"{value:.3g}"
 
 
-def _plain(value):
-    """JSON-safe copy: numpy scalars/arrays to python, NaN/inf to None."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _plain(value.tolist())
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    return value
+VERDICT_HEADER = ("profile", "weighting", "defense", "seeds", "learnability (per seed)", "worst", "limit", "result",
+                  "in verdict")
 
 
-def _fmt(value, digits: int = 1) -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
-
-
-VERDICT_HEADER = ("weighting", "defense", "clean mean", "protected last", "protected peak", "floor mean",
-                  "limit", "result", "in verdict")
-
-
-def verdict_table(rows, margin: float) -> list:
-    """Rows of the verdict table as strings (VERDICT_HEADER columns), in the given row order."""
+def verdict_table(result: VerificationResult) -> list:
+    """Rows of the verdict table (VERDICT_HEADER columns): one per profile × weighting × defense."""
     table = []
-    for r in rows:
-        holds = r.holds(margin)
-        floor = r.floor_mean
-        table.append((r.weighting, r.defense or "none", _fmt(r.clean_mean), _fmt(r.protected_last_mean),
-                      _fmt(r.protected_peak_mean), _fmt(floor), _fmt(None if floor is None else floor + margin),
-                      "–" if holds is None else ("PASS" if holds else "FAIL"), "yes" if r.in_verdict else "no"))
+    for g in result.groups():
+        holds = g.holds(result.rules)
+        table.append((g.profile, g.weighting, g.defense, ",".join(str(r.seed) for r in g.rows),
+                      " / ".join(_fmt(s) for s in g.scores), _fmt(g.worst), f"{result.rules.max_learnability:g}",
+                      "–" if holds is None else ("PASS" if holds else "FAIL"), "yes" if g.in_verdict else "no"))
     return table
 
 
-def task_table(rows) -> tuple:
-    header = ("weighting", "defense", "task", "kind", "metric", "clean", "protected last", "protected peak", "floor")
-    body = [(r.weighting, r.defense or "none", t.task, t.kind, t.metric, _fmt(t.clean), _fmt(t.protected_last),
-             _fmt(t.protected_peak), _fmt(t.floor)) for r in rows for t in r.tasks]
-    return header, body
+TASK_HEADER = ("profile", "weighting", "defense", "seed", "task", "metric", "chance", "clean", "protected last",
+               "protected peak*", "learnability", "weight")
+
+
+def task_table(result: VerificationResult) -> list:
+    return [(r.profile, r.weighting, r.defense, str(r.seed), t.task, t.metric, _value(t.chance, t.metric),
+             _value(t.clean, t.metric), _value(t.protected_last, t.metric), _value(t.protected_peak, t.metric),
+             _fmt(t.learnability), _fmt(t.weight)) for r in result.rows for t in r.tasks]
 
 
 def format_text_table(header, body) -> str:
@@ -243,12 +75,24 @@ def format_text_table(header, body) -> str:
     return "\n".join(lines)
 
 
-def format_verdict_text(result: VerificationResult) -> str:
-    """The CLI summary: verdict table, then the verdict line with the rule's margin."""
+def verdict_line(result: VerificationResult) -> str:
     outcome, reason = result.verdict_or_reason()
-    line = (f"verdict: {outcome} (protected mean accuracy <= floor + {result.margin:g} points, no defense)"
-            if outcome else f"verdict: none ({reason})")
-    return format_text_table(VERDICT_HEADER, verdict_table(result.rows, result.margin)) + "\n" + line
+    if outcome is None:
+        return f"verdict: none ({reason})"
+    return f"verdict: {outcome.outcome} — {outcome.reason}"
+
+
+def format_verdict_text(result: VerificationResult) -> str:
+    """The CLI summary: the verdict table, what was not run, and the verdict line."""
+    parts = [format_text_table(VERDICT_HEADER, verdict_table(result))]
+    if result.profiles:
+        parts.append("profiles:\n" + "\n".join(f"  {name}: {text}" for name, text in result.profiles.items()))
+    not_run = result.not_run()
+    if not_run:
+        parts.append("not run:\n" + "\n".join(f"  - {line}" for line in not_run))
+    parts.append("learnability: 0 = nothing learned beyond chance, 1 = as much as from clean data")
+    parts.append(verdict_line(result))
+    return "\n".join(parts)
 
 
 def _markdown_table(header, body) -> str:
@@ -258,19 +102,27 @@ def _markdown_table(header, body) -> str:
 
 
 def render_markdown(result: VerificationResult, figures: dict | None = None) -> str:
-    """report.md text: context, verdict table, per-task table, figure links."""
+    """report.md text: verdict, rule, profiles, score table, per-task table, what was not run, figures."""
+    from mtlue.verdict import RULE_TEXT, REPRODUCIBILITY
+
     outcome, reason = result.verdict_or_reason()
-    outcome = outcome or f"none ({reason})"
+    verdict = f"{outcome.outcome}** — {outcome.reason}" if outcome else f"none** ({reason})"
     context = [f"{k}: {v}" for k, v in (("dataset", result.dataset), ("method", result.method),
-                                         ("backbone", result.backbone), ("epochs", result.epochs)) if v not in ("", None)]
-    parts = [f"# {result.title}", "", f"**Verdict: {outcome}**", ""]
+                                         ("surrogate backbone", result.surrogate_backbone)) if v]
+    parts = [f"# {result.title}", "", f"**Verdict: {verdict}", ""]
     if context:
         parts += ["; ".join(context), ""]
-    parts += [f"Rule: every weighting trained without a defense must reach a protected mean accuracy (last epoch, "
-              f"clean test split) at or below the mean majority-class floor + {result.margin:g} points. Rows with a "
-              f"defense are shown with the same check and do not change the verdict. Values in percent.", "",
-              "## Verdict table", "", _markdown_table(VERDICT_HEADER, verdict_table(result.rows, result.margin)), "",
-              "## Per task", "", _markdown_table(*task_table(result.rows)), ""]
+    parts += ["Rule: " + RULE_TEXT.format(max=result.rules.max_learnability, gain=result.rules.min_clean_gain), "",
+              "## Attacker profiles", ""]
+    parts += [f"- **{name}**: {text}" for name, text in result.profiles.items()] + [""]
+    parts += ["## Score table", "", "Retained learnability per profile × weighting × defense (0 = nothing learned "
+              "beyond chance, 1 = as much as from clean data), one value per victim seed; the worst seed decides.",
+              "", _markdown_table(VERDICT_HEADER, verdict_table(result)), "",
+              "## Per task", "", "Accuracy-type values in percent. *Peak: the best epoch, chosen on the test data "
+              "(optimistic for the attacker, never judged); the last epoch decides.", "",
+              _markdown_table(TASK_HEADER, task_table(result)), "", "## Not run", ""]
+    parts += [f"- {line}" for line in result.not_run()] or ["- (the whole standard grid was run)"]
+    parts += ["", "## Reproducibility", "", REPRODUCIBILITY, ""]
     if figures:
         parts += ["## Figures", ""] + [f"![{name}]({path})" for name, path in figures.items()] + [""]
     return "\n".join(parts)
@@ -289,72 +141,79 @@ def _new_figure(width: float, height: float):
     return Figure(figsize=(width, height), dpi=100)
 
 
-def _bars(ax, groups, series: dict, ylabel: str) -> None:
-    """Grouped bars: one group per entry of `groups`, one bar per series (None drawn as missing)."""
-    width = 0.8 / max(len(series), 1)
-    x = np.arange(len(groups))
-    for i, (label, values) in enumerate(series.items()):
-        heights = [np.nan if v is None else v for v in values]
-        ax.bar(x + (i - (len(series) - 1) / 2) * width, heights, width, label=label)
-    ax.set_xticks(x)
-    ax.set_xticklabels(groups, rotation=30 if len(groups) > 4 else 0, ha="right" if len(groups) > 4 else "center")
-    ax.set_ylabel(ylabel)
-    top = np.nanmax([np.nan if v is None else v for values in series.values() for v in values] + [1.0])
-    ax.set_ylim(0, 1.3 * top)  # headroom for the legend row
-    ax.legend(fontsize=8, loc="upper center", ncol=len(series), frameon=False)
-
-
-def plot_clean_vs_protected(result: VerificationResult, path: Path) -> None:
-    """Grouped bars per weighting (no defense): clean, protected last, protected peak, floor mean accuracy."""
-    rows = [r for r in result.rows if r.in_verdict]
-    fig = _new_figure(max(5, 1.5 * len(rows) + 2), 4)
-    ax = fig.add_subplot()
-    _bars(ax, [r.weighting for r in rows], {
-        "clean": [r.clean_mean for r in rows], "protected (last)": [r.protected_last_mean for r in rows],
-        "protected (peak)": [r.protected_peak_mean for r in rows], "floor": [r.floor_mean for r in rows]},
-        "mean accuracy (%)")
-    for i, r in enumerate(rows):
-        if r.floor_mean is not None:
-            ax.hlines(r.floor_mean + result.margin, i - 0.45, i + 0.45, colors="black", linestyles="dashed", linewidth=1)
-    ax.set_title(f"Clean vs protected training (dashed: floor + {result.margin:g}, the pass limit)")
-    fig.tight_layout()
+def plot_learning_curves(result: VerificationResult, path: Path) -> None:
+    """One panel per task: test metric per epoch, clean (dashed) vs protected (solid), seed of the clean
+    reference, for every no-defense profile × weighting; chance dotted."""
+    rows = [r for r in result.rows if r.in_verdict and r.seed == r.clean_seed] or [r for r in result.rows if r.in_verdict]
+    tasks = [t.task for t in rows[0].tasks] if rows else []
+    columns = min(4, max(1, len(tasks)))
+    panel_rows = max(1, -(-len(tasks) // columns))
+    fig = _new_figure(4 * columns, 3 * panel_rows + 0.8)
+    colours = [f"C{i % 10}" for i in range(len(rows))]
+    for k, name in enumerate(tasks):
+        ax = fig.add_subplot(panel_rows, columns, k + 1)
+        for row, colour in zip(rows, colours):
+            task = row.tasks[k]
+            for curve, style, role in ((task.clean_curve, "--", "clean"), (task.protected_curve, "-", "protected")):
+                values = [np.nan if v is None else v for v in curve]
+                ax.plot(range(1, len(values) + 1), values, style, color=colour,
+                        label=f"{row.profile}/{row.weighting} {role}" if k == 0 else None)
+            if task.chance is not None:
+                ax.axhline(task.chance, color="grey", linestyle=":", linewidth=1)
+        ax.set_title(f"{name} ({rows[0].tasks[k].metric})", fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+    if rows:
+        fig.legend(loc="lower center", ncol=min(4, 2 * len(rows)), fontsize=7, frameon=False)
+    fig.suptitle("Learning curves on the clean test split: clean (dashed) vs protected (solid); chance dotted",
+                 fontsize=10)
+    fig.tight_layout(rect=(0, 0.08 + 0.02 * (len(rows) // 2), 1, 0.95))
     fig.savefig(path)
 
 
-def plot_per_task(result: VerificationResult, path: Path) -> None:
-    """One panel per weighting (no defense): per-task clean, protected last and floor."""
-    rows = [r for r in result.rows if r.in_verdict] or result.rows[:1]
-    fig = _new_figure(min(30, max(6, 0.8 * max((len(r.tasks) for r in rows), default=1) + 3)), 3 * max(len(rows), 1))
-    for i, row in enumerate(rows):
-        ax = fig.add_subplot(len(rows), 1, i + 1)
-        _bars(ax, [f"{t.task}\n({t.metric})" for t in row.tasks], {
-            "clean": [t.clean for t in row.tasks], "protected (last)": [t.protected_last for t in row.tasks],
-            "floor": [t.floor for t in row.tasks]}, "value")
-        ax.set_title(f"{row.weighting}: per task", fontsize=10)
+def plot_learnability(result: VerificationResult, path: Path) -> None:
+    """Bars: worst-seed learnability per no-defense profile × weighting, seeds as dots, the limit dashed."""
+    groups = [g for g in result.groups() if g.in_verdict]
+    fig = _new_figure(max(5, 0.9 * len(groups) + 2), 4)
+    ax = fig.add_subplot()
+    x = np.arange(len(groups))
+    ax.bar(x, [np.nan if g.worst is None else g.worst for g in groups], color="C1", label="worst seed")
+    for i, g in enumerate(groups):
+        ax.plot([i] * len(g.rows), [np.nan if s is None else s for s in g.scores], "k.", markersize=6)
+    ax.axhline(result.rules.max_learnability, color="black", linestyle="--", linewidth=1,
+               label=f"limit {result.rules.max_learnability:g}")
+    ax.axhline(0, color="grey", linewidth=0.8)
+    ax.set_xticks(x)
+    ax.set_xticklabels([f"{g.profile}\n{g.weighting}" for g in groups], fontsize=8)
+    ax.set_ylabel("retained learnability")
+    scores = [s for g in groups for s in g.scores if s is not None]
+    ax.set_ylim(min([-0.1] + scores), max([1.05] + scores))
+    ax.legend(fontsize=8, frameon=False)
+    ax.set_title("Retained learnability, no defense (0 = nothing learned, 1 = as from clean data)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
 
 
 def plot_defense_heatmap(result: VerificationResult, path: Path) -> None:
-    """Heat-map of protected mean accuracy (last epoch), weighting × defense, values written in cells."""
-    weightings = list(dict.fromkeys(r.weighting for r in result.rows))
-    defenses = list(dict.fromkeys(r.defense or "none" for r in result.rows))
-    grid = np.full((len(weightings), len(defenses)), np.nan)
-    for r in result.rows:
-        if r.protected_last_mean is not None:
-            grid[weightings.index(r.weighting), defenses.index(r.defense or "none")] = r.protected_last_mean
-    fig = _new_figure(max(4, 1.1 * len(defenses) + 2), max(3, 0.6 * len(weightings) + 1.5))
+    """Heat-map of learnability (first seed), profile/weighting × defense, values written in cells."""
+    labels = list(dict.fromkeys(f"{r.profile}/{r.weighting}" for r in result.rows))
+    defenses = list(dict.fromkeys(r.defense for r in result.rows))
+    grid = np.full((len(labels), len(defenses)), np.nan)
+    for g in result.groups():
+        value = g.rows[0].learnability
+        if value is not None:
+            grid[labels.index(f"{g.profile}/{g.weighting}"), defenses.index(g.defense)] = value
+    fig = _new_figure(max(4, 1.1 * len(defenses) + 2.5), max(3, 0.6 * len(labels) + 1.5))
     ax = fig.add_subplot()
-    image = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", vmin=0, vmax=100, aspect="auto")
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", vmin=0, vmax=1, aspect="auto")
     ax.set_xticks(range(len(defenses)))
     ax.set_xticklabels(defenses, rotation=30, ha="right")
-    ax.set_yticks(range(len(weightings)))
-    ax.set_yticklabels(weightings)
+    ax.set_yticks(range(len(labels)))
+    ax.set_yticklabels(labels)
     for (i, j), value in np.ndenumerate(grid):
-        ax.text(j, i, "–" if np.isnan(value) else f"{value:.1f}", ha="center", va="center",
-                color="white" if np.isnan(value) or value < 60 else "black", fontsize=8)
-    fig.colorbar(image, ax=ax, label="protected mean accuracy (%)")
-    ax.set_title("Defenses: protected mean accuracy (last epoch)")
+        ax.text(j, i, "–" if np.isnan(value) else f"{value:.2f}", ha="center", va="center",
+                color="white" if np.isnan(value) or value < 0.6 else "black", fontsize=8)
+    fig.colorbar(image, ax=ax, label="retained learnability")
+    ax.set_title("Defenses: retained learnability (first seed)")
     fig.tight_layout()
     fig.savefig(path)
 
@@ -388,17 +247,20 @@ def write_report(result: VerificationResult, out_dir, samples: SampleGrid | None
     out_dir = Path(out_dir)
     figure_dir = out_dir / "figures"
     figure_dir.mkdir(parents=True, exist_ok=True)
-    figures = {"clean_vs_protected": figure_dir / "clean_vs_protected.png",
-               "per_task": figure_dir / "per_task.png",
+    figures = {"learning_curves": figure_dir / "learning_curves.png",
+               "learnability": figure_dir / "learnability.png",
                "defense_heatmap": figure_dir / "defense_heatmap.png"}
-    plot_clean_vs_protected(result, figures["clean_vs_protected"])
-    plot_per_task(result, figures["per_task"])
-    plot_defense_heatmap(result, figures["defense_heatmap"])
+    plot_learning_curves(result, figures["learning_curves"])
+    plot_learnability(result, figures["learnability"])
+    if any(r.defense != NO_DEFENSE for r in result.rows):
+        plot_defense_heatmap(result, figures["defense_heatmap"])
+    else:
+        del figures["defense_heatmap"]
     if samples is not None:
         figures["samples"] = figure_dir / "samples.png"
         plot_samples(samples, figures["samples"])
     paths = {"json": out_dir / "report.json", "markdown": out_dir / "report.md"}
-    paths["json"].write_text(json.dumps(result.to_json(), indent=2, allow_nan=False) + "\n")
+    write_json(paths["json"], result.to_json())
     relative = {name: str(path.relative_to(out_dir)) for name, path in figures.items()}
-    paths["markdown"].write_text(render_markdown(result, relative))
+    write_text_atomic(str(paths["markdown"]), render_markdown(result, relative))
     return {**paths, **figures}

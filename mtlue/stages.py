@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 
 from mtlue import __version__
+from mtlue.jsonio import read_json, write_json
 
 STAGE_FILE = "stage.json"
 
@@ -25,20 +26,6 @@ def fingerprint(params: dict, upstream: tuple = ()) -> str:
     """sha256 over the canonical JSON of the parameters, upstream fingerprints and mtlue version."""
     blob = json.dumps({"params": params, "upstream": list(upstream), "mtlue": __version__}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def write_json_atomic(path: str, data) -> None:
-    """Write JSON to a temporary name and rename it into place."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def read_json(path: str):
-    with open(path) as f:
-        return json.load(f)
 
 
 @dataclass(frozen=True)
@@ -75,13 +62,13 @@ class Stage:
         if os.path.isdir(self.path) and (record is None or record.get("fingerprint") != self.fingerprint):
             shutil.rmtree(self.path)
         os.makedirs(self.path, exist_ok=True)
-        write_json_atomic(self.file(STAGE_FILE), {
+        write_json(self.file(STAGE_FILE), sort_keys=True, data={
             "stage": self.name, "status": "running", "fingerprint": self.fingerprint, "params": params,
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         })
 
     def finish(self, params: dict, summary: dict | None = None, seconds: float | None = None) -> None:
-        write_json_atomic(self.file(STAGE_FILE), {
+        write_json(self.file(STAGE_FILE), sort_keys=True, data={
             "stage": self.name, "status": "done", "fingerprint": self.fingerprint, "params": params,
             "summary": summary or {}, "seconds": None if seconds is None else round(seconds, 1),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

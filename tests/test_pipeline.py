@@ -34,16 +34,20 @@ backbone = "small_cnn"
 epochs = {victim_epochs}
 batch_size = 32
 weightings = ["ew", "rlw"]
+seeds = [0]
 defenses = ["none", "bdr2"]
 defense_weightings = ["ew"]
 [verify]
-margin = 10
+max_learnability = 0.2
 """
 
 
-def write_recipe(tmp_path, base="tap", victim_epochs=1, name="tiny.toml"):
+def write_recipe(tmp_path, base="tap", victim_epochs=1, name="tiny.toml", source=None):
     path = tmp_path / name
-    path.write_text(TINY_RECIPE.format(base=base, victim_epochs=victim_epochs))
+    text = TINY_RECIPE.format(base=base, victim_epochs=victim_epochs)
+    if source is not None:
+        text = text.replace('source = "shapes:n=96,size=16,seed=3"', f'source = "{source}"')
+    path.write_text(text)
     return str(path)
 
 
@@ -87,11 +91,11 @@ def test_killed_run_resumes_to_the_same_report(tmp_path, monkeypatch):
     recipe = load_recipe(write_recipe(tmp_path))
     uninterrupted = run_pipeline(recipe, str(tmp_path / "a"), device="cpu", progress=False, log=lambda _: None)
     assert set(uninterrupted["stages"].values()) == {"ran"}
-    assert uninterrupted["verdict"] in ("PASS", "FAIL")
+    assert uninterrupted["verdict"] in ("PASS", "FAIL", "INCONCLUSIVE")
 
-    import mtlue.verify as verify_module
+    import mtlue.train as train_module  # mtlue.verify imports train_model when a victim trains
 
-    real_train = verify_module.train_model
+    real_train = train_module.train_model
     calls = {"n": 0}
 
     def dying_train(*args, **kwargs):
@@ -100,11 +104,11 @@ def test_killed_run_resumes_to_the_same_report(tmp_path, monkeypatch):
             raise Interrupt()
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr(verify_module, "train_model", dying_train)
+    monkeypatch.setattr(train_module, "train_model", dying_train)
     with pytest.raises(Interrupt):
         run_pipeline(recipe, str(tmp_path / "b"), device="cpu", progress=False, log=lambda _: None)
     assert not os.path.exists(tmp_path / "b" / "tiny" / "report" / "report.json")
-    monkeypatch.setattr(verify_module, "train_model", real_train)
+    monkeypatch.setattr(train_module, "train_model", real_train)
 
     with pytest.raises(ConfigError, match="--resume"):
         run_pipeline(recipe, str(tmp_path / "b"), device="cpu", progress=False, log=lambda _: None)
@@ -114,7 +118,8 @@ def test_killed_run_resumes_to_the_same_report(tmp_path, monkeypatch):
     first = json.loads((tmp_path / "a" / "tiny" / "report" / "report.json").read_text())
     second = json.loads((tmp_path / "b" / "tiny" / "report" / "report.json").read_text())
     assert first["rows"] == second["rows"] and first["verdict"] == second["verdict"]
-    assert {(r["weighting"], r["defense"]) for r in first["rows"]} == {("ew", "none"), ("ew", "bdr2"), ("rlw", "none")}
+    assert {(r["profile"], r["weighting"], r["defense"]) for r in first["rows"]} == {
+        ("plain", "ew", "none"), ("plain", "ew", "bdr2"), ("plain", "rlw", "none")}
     for name in ("report.md", "figures"):
         assert os.path.exists(tmp_path / "b" / "tiny" / "report" / name)
     manifest = json.loads((tmp_path / "b" / "tiny" / "store" / "manifest.json").read_text())
@@ -134,28 +139,53 @@ def test_em_base_trains_no_clean_surrogate(tmp_path):
     assert not (run_dir / "surrogate" / "model.pt").exists()
     manifest = json.loads((run_dir / "store" / "manifest.json").read_text())
     assert manifest["protection"]["base"] == "em" and "path" not in manifest["protection"]["surrogate"]
-    assert result["verdict"] in ("PASS", "FAIL")
+    assert result["verdict"] in ("PASS", "FAIL", "INCONCLUSIVE")
+    assert manifest["source"]["content"] and manifest["source"]["spec"] == "shapes:n=96,size=16,seed=3"
+    # pointed at other data, --resume re-runs every stage instead of reprinting the old verdict
+    other = load_recipe(write_recipe(tmp_path, base="em", name="tiny.toml", source="shapes:n=96,size=16,seed=5"))
+    again = run_pipeline(other, str(tmp_path / "runs"), device="cpu", resume=True, progress=False, log=lambda _: None)
+    assert set(again["stages"].values()) == {"ran"}
+    manifest = json.loads((run_dir / "store" / "manifest.json").read_text())
+    assert manifest["source"]["spec"] == "shapes:n=96,size=16,seed=5"
+
+
+VERIFY_FAST = ["--profile", "plain", "--weightings", "ew", "--seeds", "0", "--backbone", "small_cnn", "--epochs", "3",
+               "--batch-size", "32", "--device", "cpu", "--jobs", "1", "--quiet"]
 
 
 @pytest.mark.slow
 def test_verify_exits_3_when_a_release_is_learnable(tmp_path):
+    """A clean export passed off as a release teaches everything: FAIL, learnability 1."""
     runner = CliRunner()
     store = str(tmp_path / "clean-store")
     spec = "shapes:n=96,size=16,seed=4"
     assert runner.invoke(cli.main, ["export", spec, store]).exit_code == 0
-    result = runner.invoke(cli.main, ["verify", store, "--clean", spec, "--weightings", "ew", "--backbone", "small_cnn",
-                                      "--epochs", "3", "--batch-size", "32", "--margin", "0", "--device", "cpu",
-                                      "--quiet", "--out", str(tmp_path / "report")])
+    result = runner.invoke(cli.main, ["verify", store, "--clean", spec, "--min-clean-gain", "0.01",
+                                      "--out", str(tmp_path / "report"), *VERIFY_FAST])
     assert result.exit_code == 3, result.output
-    assert "FAIL" in result.output
-    assert (tmp_path / "report" / "report.json").is_file()
+    assert "FAIL" in result.output and "not run:" in result.output
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["verdict"] == "FAIL" and report["groups"][0]["worst"] > 0.9
     manifest = json.loads((tmp_path / "clean-store" / "manifest.json").read_text())
     assert manifest["verification"]["verdict"] == "FAIL"
+    # a clean victim that cannot clear chance by the recipe's margin proves nothing: exit 4
+    again = runner.invoke(cli.main, ["verify", store, "--clean", spec, "--min-clean-gain", "0.95",
+                                     "--out", str(tmp_path / "report"), *VERIFY_FAST])
+    assert again.exit_code == 4, again.output
+    assert "INCONCLUSIVE" in again.output
 
 
+def test_changing_the_source_changes_every_stage_fingerprint(tmp_path):
+    for base in ("tap", "em"):
+        before = stage_fingerprints(plan_run(load_recipe(write_recipe(tmp_path, base=base, name=f"{base}.toml"))))
+        other = write_recipe(tmp_path, base=base, name=f"{base}-other.toml", source="shapes:n=96,size=16,seed=5")
+        after = stage_fingerprints(plan_run(load_recipe(other)))
+        assert [s for s in STAGES if before[s] == after[s]] == [], base
 @pytest.mark.parametrize("name", sorted(os.listdir(os.path.join(os.path.dirname(__file__), "..", "pipelines"))))
 def test_every_shipped_recipe_builds_its_configs(name):
     recipe = load_recipe(os.path.join(os.path.dirname(__file__), "..", "pipelines", name))
     plan = plan_run(recipe)
-    assert plan.verify.weightings and "none" in plan.verify.defenses
-    assert len(set(stage_fingerprints(plan).values())) == len(STAGES)
+    assert plan.verify.profiles and all(p.weightings for p in plan.verify.profiles)
+    assert "none" in plan.verify.defenses
+    data = {"spec": recipe.source, "content": "0" * 64}  # the real datasets are not on this machine
+    assert len(set(stage_fingerprints(plan, data).values())) == len(STAGES)
