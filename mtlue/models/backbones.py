@@ -16,21 +16,28 @@ from mtlue.errors import ConfigError
 SMALL_INPUT_PX = 96  # below this a 7×7/2 stem + max-pool throws away most of the image
 
 
-class SmallCNN(nn.Module):
+class PooledBlocks(nn.Module):
+    """A stack of layers (`blocks`) ending in `out_features` channels, then global average pooling."""
+
+    def __init__(self, layers: list, out_features: int):
+        super().__init__()
+        self.blocks = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.out_features = out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.blocks(x)).flatten(1)
+
+
+class SmallCNN(PooledBlocks):
     """Three conv–BN–ReLU–max-pool blocks (32, 64, 128 channels) and global average pooling."""
 
     def __init__(self, in_channels: int = 3, widths: tuple = (32, 64, 128)):
-        super().__init__()
         layers, channels = [], in_channels
         for width in widths:
             layers += [nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
             channels = width
-        self.blocks = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.out_features = channels
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.blocks(x)).flatten(1)
+        super().__init__(layers, channels)
 
 
 class PooledFeatures(nn.Module):
@@ -49,14 +56,13 @@ class PooledFeatures(nn.Module):
         return self.pool(x).flatten(1)
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(PooledBlocks):
     """The CIFAR ResNet of He et al. (2016, section 4.2): 3×3 stem, three stages of n torchvision
     BasicBlocks at 16/32/64 channels (strides 1, 2, 2), global average pooling; depth = 6n + 2."""
 
     def __init__(self, depth: int, in_channels: int = 3, widths: tuple = (16, 32, 64)):
         from torchvision.models.resnet import BasicBlock
 
-        super().__init__()
         if (depth - 2) % 6:
             raise ConfigError(f"CIFAR ResNet depth {depth}: must be 6n + 2 (8, 14, 20, 32, …)")
         blocks_per_stage = (depth - 2) // 6
@@ -72,12 +78,7 @@ class CifarResNet(nn.Module):
                                                nn.BatchNorm2d(width))
                 layers.append(BasicBlock(channels, width, stride=stride, downsample=downsample))
                 channels = width
-        self.blocks = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.out_features = channels
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.blocks(x)).flatten(1)
+        super().__init__(layers, channels)
 
 
 def _resnet(name: str, in_channels: int, image_size: int):
