@@ -23,3 +23,7 @@ class ConfigError(MtlueError):
 
 class ProtectionError(MtlueError):
     """A perturbation violates the budget or holds NaN; nothing was written."""
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint file cannot be loaded safely, or is not one mtlue wrote (names the file)."""

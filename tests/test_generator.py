@@ -51,7 +51,7 @@ def test_unprotected_task_gets_its_mean_embedding_so_delta_ignores_its_label():
     assert torch.equal(partial, partial_flipped)
     assert not torch.equal(full, full_flipped)
     priors = generator.label_priors(labels, None, ("digit",), 3)
-    mean_even = generator.embeddings["even"].weight.mean(0).reshape(16, 8, 8)
+    mean_even = generator.embedding_tables()["even"].mean(0).reshape(16, 8, 8)
     assert torch.allclose(priors[:, 16:32], mean_even.expand(3, -1, -1, -1))
 
 

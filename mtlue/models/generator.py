@@ -82,8 +82,10 @@ class UEGenerator(nn.Module):
                                      BasicBlock(w, 2 * w, stride=2), BasicBlock(2 * w, 2 * w))
 
         size = EMBED_CHANNELS * self.spatial[0] * self.spatial[1]
-        self.embeddings = nn.ModuleDict({t.name: nn.Embedding(t.num_classes, size) for t in self.class_tasks})
-        for table in self.embeddings.values():
+        # a list in class-task order, not a ModuleDict keyed by task name: a task may be called
+        # `half`, `train` or `to`, which a ModuleDict refuses as a key (nn.Module attributes)
+        self.embeddings = nn.ModuleList(nn.Embedding(t.num_classes, size) for t in self.class_tasks)
+        for table in self.embeddings:
             nn.init.normal_(table.weight, 0.0, 1.0)
 
         in_dec = EMBED_CHANNELS * len(self.class_tasks) + 2 * w
@@ -101,14 +103,14 @@ class UEGenerator(nn.Module):
 
     def embedding_tables(self) -> dict:
         """{task: (C_k, 16·S·S) weight} of the classification tasks, in task order."""
-        return {name: table.weight for name, table in self.embeddings.items()}
+        return {task.name: table.weight for task, table in zip(self.class_tasks, self.embeddings)}
 
     def label_priors(self, labels: dict, masks: dict | None, protected, batch_size: int) -> torch.Tensor:
         """(B, 16K, S, S): each sample's class embedding per task, or the task's mean embedding."""
         masks = masks or {}
         maps = []
-        for task in self.class_tasks:
-            weight = self.embeddings[task.name].weight
+        for task, table in zip(self.class_tasks, self.embeddings):
+            weight = table.weight
             mean = weight.mean(0, keepdim=True).expand(batch_size, -1)
             if protected is not None and task.name not in protected:
                 chosen = mean
@@ -173,13 +175,17 @@ def save_generator(generator: UEGenerator, path: str | Path, meta: dict | None =
 
 
 def load_generator(path: str | Path, device: torch.device) -> tuple[UEGenerator, dict]:
-    """Inverse of `save_generator`: (generator on `device`, meta)."""
-    blob = torch.load(path, map_location=device, weights_only=True)
-    build = blob["build"]
-    generator = UEGenerator([TaskSpec.from_json(t) for t in build["tasks"]], build["image_shape"],
-                            build["epsilon"], build["imagenet_stem"], build.get("width", 64))
-    generator.load_state_dict(blob["state"])
-    return generator.to(device), blob.get("meta", {})
+    """Inverse of `save_generator`: (generator on `device`, meta). Tensors only (no code runs); a
+    blocked, damaged or foreign file is a CheckpointError naming `path`."""
+    from mtlue.models.mtl import checkpoint_errors, load_torch_file
+
+    blob = load_torch_file(path, map_location=device)
+    with checkpoint_errors(path):
+        build = blob["build"]
+        generator = UEGenerator([TaskSpec.from_json(t) for t in build["tasks"]], build["image_shape"],
+                                build["epsilon"], build["imagenet_stem"], build.get("width", 64))
+        generator.load_state_dict(blob["state"])
+        return generator.to(device), blob.get("meta", {})
 
 
 def embedding_count(tasks) -> int:

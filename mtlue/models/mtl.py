@@ -7,14 +7,16 @@ normalisation ((x − 0.5) / 0.5) happens inside the model so attacks see [0, 1]
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pickle
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from mtlue.data.base import TaskSpec
-from mtlue.errors import ConfigError
+from mtlue.errors import CheckpointError, ConfigError
 from mtlue.models.backbones import build_backbone
 from mtlue.store.layout import fsync_replace
 
@@ -123,11 +125,44 @@ def load_checkpoint(path, device: torch.device | str = "cpu") -> tuple[nn.Module
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ConfigError(f"{path}: no such checkpoint")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    payload = load_torch_file(path)
     if not isinstance(payload, dict) or payload.get("schema") != CHECKPOINT_SCHEMA:
         raise ConfigError(f"{path}: not an mtlue model checkpoint (schema {CHECKPOINT_SCHEMA})")
-    build = dict(payload["build"])
-    tasks = [TaskSpec.from_json(t) for t in build.pop("tasks")]
-    model = build_model(tasks, **build)
-    model.load_state_dict(payload["state_dict"])
+    with checkpoint_errors(path):
+        build = dict(payload["build"])
+        tasks = [TaskSpec.from_json(t) for t in build.pop("tasks")]
+        model = build_model(tasks, **build)
+        model.load_state_dict(payload["state_dict"])
     return model.to(device), payload["meta"]
+
+
+def load_torch_file(path, map_location: torch.device | str = "cpu"):
+    """torch.load with weights_only=True: tensors and plain containers only, so a file never runs code.
+
+    Every checkpoint mtlue reads comes through here; CheckpointError names the file it refuses.
+    """
+    with checkpoint_errors(path):
+        return torch.load(os.fspath(path), map_location=map_location, weights_only=True)
+
+
+@contextlib.contextmanager
+def checkpoint_errors(path):
+    """Turn what reading a checkpoint can raise (a blocked pickle, a corrupt or foreign file) into one
+    CheckpointError naming `path`; loaders that rebuild a module from a loaded file run inside it too."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except pickle.UnpicklingError as exc:
+        if "weights only" in str(exc).lower():
+            raise CheckpointError(f"{os.fspath(path)}: not a checkpoint mtlue can load safely (it holds objects "
+                                  "other than tensors); refusing to unpickle it") from None
+        raise CheckpointError(f"{os.fspath(path)}: unreadable checkpoint ({_first_line(exc)})") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+        raise CheckpointError(f"{os.fspath(path)}: not a checkpoint mtlue wrote, or a damaged one "
+                              f"({type(exc).__name__}: {_first_line(exc)})") from None
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

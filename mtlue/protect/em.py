@@ -15,7 +15,7 @@ import torch
 from mtlue.attacks import PGD
 from mtlue.data.base import batch_tensors, item_tensors
 from mtlue.models.losses import predictions, task_losses
-from mtlue.models.mtl import atomic_torch_save
+from mtlue.models.mtl import atomic_torch_save, checkpoint_errors, load_torch_file
 from mtlue.protect.base import ProtectionMethod
 from mtlue.protect.samplewise import delta_array, only_protected, step_size_or_default, steps_or_default
 from mtlue.protect.surrogate import fresh_surrogate
@@ -46,11 +46,12 @@ class EMMethod(ProtectionMethod):
         state_path = context.work_dir / "em" / STATE_FILE
         key = self._state_key()
         if state_path.is_file():
-            state = torch.load(state_path, map_location="cpu", weights_only=True)
-            if state.get("key") == key:  # otherwise another setting or dataset made it: start over
-                self.delta, start, self.history = state["delta"], state["round"], list(state["history"])
-                model.load_state_dict(state["model"])
-                optimiser.load_state_dict(state["optimiser"])
+            state = load_torch_file(state_path)
+            with checkpoint_errors(state_path):
+                if state.get("key") == key:  # otherwise another setting or dataset made it: start over
+                    self.delta, start, self.history = state["delta"], state["round"], list(state["history"])
+                    model.load_state_dict(state["model"])
+                    optimiser.load_state_dict(state["optimiser"])
         finished = bool(self.history) and self.history[-1] <= config.stop_error
         for round_index in range(start, config.epochs if not finished else start):
             self._train_surrogate(model, optimiser, round_index)

@@ -18,7 +18,7 @@ import torch
 from mtlue.data.base import Batch, batch_tensors, item_tensors
 from mtlue.errors import ConfigError
 from mtlue.models.generator import build_generator, load_generator, save_generator
-from mtlue.models.mtl import atomic_torch_save
+from mtlue.models.mtl import atomic_torch_save, checkpoint_errors, load_torch_file
 from mtlue.protect.base import ProtectionMethod, ProtectContext
 from mtlue.protect.objectives import base_error, base_loss
 from mtlue.protect.regularisers import embedding_regulariser, inter_task_loss, intra_task_loss
@@ -117,16 +117,17 @@ class MTLUEMethod(ProtectionMethod):
         state_path = context.work_dir / STATE_FILE
         start = 0
         if state_path.is_file():
-            blob = torch.load(state_path, map_location=device, weights_only=False)
-            if blob["fingerprint"] == self._fingerprint():
-                generator.load_state_dict(blob["generator"])
-                optimiser.load_state_dict(blob["optimiser"])
-                scheduler.load_state_dict(blob["scheduler"])
-                if surrogate_optimiser is not None:
-                    surrogates[0].load_state_dict(blob["surrogate"])
-                    surrogate_optimiser.load_state_dict(blob["surrogate_optimiser"])
-                self.history = list(blob["history"])
-                start = int(blob["iteration"])
+            blob = load_torch_file(state_path, map_location=device)
+            with checkpoint_errors(state_path):
+                if blob["fingerprint"] == self._fingerprint():
+                    generator.load_state_dict(blob["generator"])
+                    optimiser.load_state_dict(blob["optimiser"])
+                    scheduler.load_state_dict(scheduler_state_from_file(blob["scheduler"]))
+                    if surrogate_optimiser is not None:
+                        surrogates[0].load_state_dict(blob["surrogate"])
+                        surrogate_optimiser.load_state_dict(blob["surrogate_optimiser"])
+                    self.history = list(blob["history"])
+                    start = int(blob["iteration"])
         self.generator = generator
         for iteration in range(start, cfg.epochs):
             if self.history and self.history[-1].get("stop"):
@@ -136,7 +137,7 @@ class MTLUEMethod(ProtectionMethod):
             self.history.append(record)
             atomic_torch_save({"fingerprint": self._fingerprint(), "iteration": iteration + 1,
                                "generator": generator.state_dict(), "optimiser": optimiser.state_dict(),
-                               "scheduler": scheduler.state_dict(),
+                               "scheduler": scheduler_state_for_file(scheduler),
                                "surrogate": surrogates[0].state_dict() if surrogate_optimiser is not None else None,
                                "surrogate_optimiser": surrogate_optimiser.state_dict() if surrogate_optimiser else None,
                                "history": self.history, "torch_rng": torch.get_rng_state()}, state_path)
@@ -257,6 +258,25 @@ class MTLUEMethod(ProtectionMethod):
         if cfg.generator_path:
             info["generator_path"] = str(cfg.generator_path)
         return info
+
+
+def scheduler_state_for_file(scheduler) -> dict:
+    """The scheduler's state with MultiStepLR's Counter of milestones as a plain dict, so the checkpoint
+    holds only what torch.load(weights_only=True) accepts on every supported torch."""
+    state = dict(scheduler.state_dict())
+    if "milestones" in state:
+        state["milestones"] = {int(k): int(v) for k, v in state["milestones"].items()}
+    return state
+
+
+def scheduler_state_from_file(state: dict) -> dict:
+    """Inverse of `scheduler_state_for_file`."""
+    from collections import Counter
+
+    state = dict(state)
+    if "milestones" in state:
+        state["milestones"] = Counter({int(k): int(v) for k, v in state["milestones"].items()})
+    return state
 
 
 def weights_sha256(module: torch.nn.Module) -> str:
