@@ -26,7 +26,7 @@ class ShardSource(Source):
     summary = "an mtlue HDF5 shard store written by `mtlue export` or `mtlue protect`; its splits as stored"
 
     def __init__(self, store_dir: str):
-        from mtlue.store.manifest import read_manifest
+        from mtlue.store.manifest import read_manifest, store_file
 
         self.store_dir = os.fspath(store_dir)
         self.manifest = read_manifest(self.store_dir)
@@ -36,7 +36,8 @@ class ShardSource(Source):
         self._shards = {}  # split -> [(path, count)]
         self._offsets = {}  # split -> cumulative start positions, len = shards + 1
         for split, record in self.manifest["splits"].items():
-            paths = [os.path.join(self.store_dir, s["file"]) for s in record["shards"]]
+            paths = [store_file(self.store_dir, s["file"], f"split {split!r} shard {number}")
+                     for number, s in enumerate(record["shards"])]
             for path in paths:
                 if not os.path.isfile(path):
                     raise StoreError(f"{path}: shard listed in the manifest is missing")

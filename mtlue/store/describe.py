@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from mtlue.store.manifest import read_manifest
+from mtlue.store.manifest import read_manifest, store_file
 
 DENSE_KINDS = ("segmentation", "depth", "normal")
 
@@ -22,7 +22,7 @@ def describe_store(store_dir: str) -> dict:
     source = ShardSource(store_dir)
     splits = {}
     for split, record in manifest["splits"].items():
-        size = sum(os.path.getsize(os.path.join(store_dir, s["file"])) for s in record["shards"])
+        size = sum(os.path.getsize(store_file(store_dir, s["file"])) for s in record["shards"])
         splits[split] = {"samples": record["count"], "shards": len(record["shards"]), "bytes": size}
     tasks = []
     for task in source.tasks:

@@ -4,6 +4,12 @@ A store is complete iff manifest.json exists. Each shard is written to `NAME.tmp
 complete, then its sha256 is recorded beside it (`NAME.sha256`, `sha256sum -c` format) so a resumed
 export skips it. An error removes everything this writer created; an interrupt (Ctrl-C) keeps the
 finished shards for `resume=True`; a hard kill leaves finished shards and *.tmp files, never a manifest.
+
+`overwrite=True` never touches the old store until the new one is complete: the new store is built in
+a sibling directory `STORE.partial-XXXXXXXX`, and `finish()` renames the old store aside, renames the
+new one into place and only then removes the old one. Any failure (or interrupt) before that removes
+the sibling and leaves the old store as it was. Nothing is ever written or deleted through a symbolic
+link: a store whose parts are links is refused.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 
 import h5py
@@ -21,7 +28,7 @@ from mtlue.store.layout import (
     CHECKSUM_SUFFIX, COMPRESSION, COMPRESSION_LEVEL, MANIFEST_NAME, SHARD_SCHEMA, STORE_SCHEMA, TMP_SUFFIX,
     sha256_file, shard_ranges, shard_relpath, software_versions, vds_name, write_text_atomic,
 )
-from mtlue.store.manifest import write_manifest
+from mtlue.store.manifest import without_local_paths, write_manifest
 from mtlue.store.shard import write_shard
 from mtlue.store.vds import write_split_vds
 
@@ -45,6 +52,8 @@ class StoreWriter:
         self._created = []  # files this writer made, removed on error
         self._created_dirs = []
         self._finished = False
+        self._staging = None  # overwrite: the sibling directory the new store is built in
+        self.write_dir = self.store_dir  # where files go: the store itself, or the staging directory
         self._prepare(overwrite, resume)
 
     # ---- context manager -------------------------------------------------------------------
@@ -59,6 +68,9 @@ class StoreWriter:
 
     def abort(self) -> None:
         """Remove every file and directory this writer created (shards, tmp files, VDS, manifest)."""
+        if self._staging is not None:
+            self._remove_staging()
+            return
         for path in reversed(self._created):
             for candidate in (path, path + TMP_SUFFIX):
                 if os.path.lexists(candidate):
@@ -72,7 +84,8 @@ class StoreWriter:
         self._created_dirs.clear()
 
     def _fail(self, exc_type) -> None:
-        if issubclass(exc_type, Exception):
+        if issubclass(exc_type, Exception) or self._staging is not None:
+            # an interrupted overwrite keeps nothing: the old store is still in place, untouched
             self.abort()
         else:  # KeyboardInterrupt/SystemExit: keep finished shards so resume=True can continue
             for path in self._created:
@@ -83,6 +96,8 @@ class StoreWriter:
 
     def _prepare(self, overwrite: bool, resume: bool) -> None:
         d = self.store_dir
+        if os.path.islink(d) and not os.path.isdir(d):
+            raise StoreError(f"{d}: is a symbolic link that does not lead to a directory")
         if not os.path.exists(d):
             os.makedirs(d)
             self._created_dirs.append(d)
@@ -92,45 +107,85 @@ class StoreWriter:
         if not os.listdir(d):
             return
         if resume:
+            if os.path.isfile(os.path.join(d, MANIFEST_NAME)):
+                raise StoreError(f"{d}: holds a complete store, so there is nothing to resume; "
+                                 "pass --overwrite to replace it")
             self._check_resumable()
-            self._remove_store_files(only_incomplete=True)
+            self._remove_unfinished_files()
             return
         if overwrite:
-            self._remove_store_files(only_incomplete=False)
+            if os.path.islink(d):
+                raise StoreError(f"{d}: is a symbolic link; --overwrite replaces only a real store directory "
+                                 f"(give {os.path.realpath(d)} itself)")
+            self._store_entries()  # refuses foreign files and links before anything is written
+            self._staging = self._make_staging()
+            self.write_dir = self._staging
             return
         raise StoreError(f"{d}: output directory is not empty; pass --overwrite to replace it, "
                          "or --resume to finish an interrupted export")
 
-    def _store_entries(self) -> list:
-        """Paths of the store files in the directory; StoreError when it holds anything else."""
-        d, entries = self.store_dir, []
-        for name in sorted(os.listdir(d)):
-            path = os.path.join(d, name)
-            if os.path.isdir(path) and SPLIT_NAME.match(name):
-                inner = sorted(os.listdir(path))
-                foreign = [n for n in inner if not SHARD_ENTRY.match(n)]
-                if foreign:
-                    raise StoreError(f"{d}: refusing to replace it: {name}/{foreign[0]} is not part of an mtlue store")
-                entries += [os.path.join(path, n) for n in inner] + [path]
-            elif os.path.isfile(path) and STORE_ENTRY.match(name) and (
-                    not name.endswith(".h5") or _is_split_vds(path)):
-                entries.append(path)
-            else:
-                raise StoreError(f"{d}: refusing to replace it: {name} is not part of an mtlue store")
-        return entries
+    def _make_staging(self) -> str:
+        """A new, empty sibling directory `STORE.partial-XXXXXXXX` (same file system, so renames are atomic)."""
+        parent, name = os.path.split(os.path.abspath(self.store_dir))
+        for _ in range(100):
+            path = os.path.join(parent, f"{name}.partial-{secrets.token_hex(4)}")
+            try:
+                os.mkdir(path)
+                return path
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise StoreError(f"{self.store_dir}: cannot create the new store beside it in {parent} "
+                                 f"({exc.strerror or exc})") from None
+        raise StoreError(f"{self.store_dir}: cannot find a free name for the new store in {parent}")
 
-    def _remove_store_files(self, only_incomplete: bool) -> None:
-        """Remove the manifest (first, so no reader takes the directory for complete), then tmp files,
-        or with only_incomplete=False every store file and split directory."""
+    def _remove_staging(self) -> None:
+        staging, self._staging = self._staging, None
+        self.write_dir = self.store_dir
+        self._created.clear()
+        self._created_dirs.clear()
+        if staging is not None and os.path.isdir(staging) and not os.path.islink(staging):
+            shutil.rmtree(staging, ignore_errors=True)  # made by this writer: it holds nothing else
+
+    def _swap_in(self) -> None:
+        """Replace the old store by the complete one in the staging directory, then remove the old one."""
+        d = os.path.abspath(self.store_dir)
+        old = None
+        for _ in range(100):
+            candidate = f"{d}.replaced-{secrets.token_hex(4)}"
+            if not os.path.lexists(candidate):
+                old = candidate
+                break
+        if old is None:
+            raise StoreError(f"{self.store_dir}: cannot find a free name to move the old store aside")
+        try:
+            os.rename(d, old)
+        except OSError as exc:
+            raise StoreError(f"{self.store_dir}: cannot move the old store aside ({exc.strerror or exc}); "
+                             "it is unchanged") from None
+        try:
+            os.rename(self._staging, d)
+        except OSError as exc:
+            os.rename(old, d)
+            raise StoreError(f"{self.store_dir}: cannot move the new store into place ({exc.strerror or exc}); "
+                             "the old store is unchanged") from None
+        self._staging, self.write_dir = None, self.store_dir
+        self._created.clear()  # the new store is the store now: nothing of it is removed any more
+        _remove_old_store(old)
+
+    def _store_entries(self) -> list:
+        return store_entries(self.store_dir)
+
+    def _remove_unfinished_files(self) -> None:
+        """Before a resume: remove the manifest (first, so no reader takes the directory for complete)
+        and every tmp file; finished shards stay."""
         entries = self._store_entries()
         manifest = os.path.join(self.store_dir, MANIFEST_NAME)
         if os.path.exists(manifest):
             os.remove(manifest)
         for path in entries:
-            if os.path.isfile(path) and (path.endswith(TMP_SUFFIX) or not only_incomplete):
+            if os.path.isfile(path) and path.endswith(TMP_SUFFIX):
                 os.remove(path)
-            elif os.path.isdir(path) and not only_incomplete:
-                shutil.rmtree(path)
 
     def _check_resumable(self) -> None:
         """resume=True continues only a store of the same tasks and image shape."""
@@ -169,7 +224,7 @@ class StoreWriter:
             raise StoreError(f"{self.store_dir}: split {split!r} has no samples")
         if shard_size < 1:
             raise StoreError(f"{self.store_dir}: shard size must be at least 1, got {shard_size}")
-        split_dir = os.path.join(self.store_dir, split)
+        split_dir = os.path.join(self.write_dir, split)
         if not os.path.isdir(split_dir):
             os.makedirs(split_dir)
             self._created_dirs.append(split_dir)
@@ -184,7 +239,7 @@ class StoreWriter:
         with tqdm(total=num_samples, desc=f"export {split}", unit="img", disable=not progress, leave=False) as bar:
             for shard_id, (start, stop) in enumerate(ranges):
                 relpath = shard_relpath(split, shard_id, len(ranges))
-                path = os.path.join(self.store_dir, relpath)
+                path = os.path.join(self.write_dir, relpath)
                 attrs = {"split": split, "shard_id": shard_id, "num_shards": len(ranges)}
                 digest = self._complete_shard(path, attrs, stop - start) if self.resume else None
                 if digest is None:
@@ -240,29 +295,84 @@ class StoreWriter:
         if not self.splits:
             raise StoreError(f"{self.store_dir}: no split was written")
         for split, record in self.splits.items():
-            self._created.append(os.path.join(self.store_dir, record["vds"]))
-            write_split_vds(self.store_dir, split, record["shards"], self.tasks_json)
+            self._created.append(os.path.join(self.write_dir, record["vds"]))
+            write_split_vds(self.write_dir, split, record["shards"], self.tasks_json)
         manifest = {
             "schema": STORE_SCHEMA,
             "tasks": [t.to_json() for t in self.tasks],
             "image_shape": list(self.image_shape),
             "splits": self.splits,
-            "protection": protection,
+            "protection": without_local_paths(protection),
             "settings": {"compression": COMPRESSION, "compression_level": COMPRESSION_LEVEL, "shuffle": True,
                          "fletcher32": True, "shard_schema": SHARD_SCHEMA},
             "software": software_versions(),
         }
-        for key, value in (extra or {}).items():
+        for key, value in without_local_paths(extra or {}).items():
             if key == "settings":
                 manifest["settings"].update(value)
             elif key in manifest:
                 raise StoreError(f"{self.store_dir}: extra manifest key {key!r} would replace a store field")
             else:
                 manifest[key] = value
-        self._created.append(os.path.join(self.store_dir, MANIFEST_NAME))
-        write_manifest(self.store_dir, manifest)
+        self._created.append(os.path.join(self.write_dir, MANIFEST_NAME))
+        write_manifest(self.write_dir, manifest)
+        if self._staging is not None:
+            self._swap_in()
         self._finished = True
         return manifest
+
+
+def store_entries(d: str) -> list:
+    """Paths of the store files in the directory; StoreError when it holds anything else, or a link."""
+    entries = []
+    for name in sorted(os.listdir(d)):
+        path = os.path.join(d, name)
+        if os.path.islink(path):
+            raise StoreError(f"{d}: refusing to replace it: {name} is a symbolic link "
+                             "(mtlue never writes or deletes through a link)")
+        if os.path.isdir(path) and SPLIT_NAME.match(name):
+            inner = sorted(os.listdir(path))
+            for n in inner:
+                if os.path.islink(os.path.join(path, n)):
+                    raise StoreError(f"{d}: refusing to replace it: {name}/{n} is a symbolic link "
+                                     "(mtlue never writes or deletes through a link)")
+            foreign = [n for n in inner if not (SHARD_ENTRY.match(n) and os.path.isfile(os.path.join(path, n)))]
+            if foreign:
+                raise StoreError(f"{d}: refusing to replace it: {name}/{foreign[0]} is not part of an mtlue store")
+            entries += [os.path.join(path, n) for n in inner] + [path]
+        elif os.path.isfile(path) and STORE_ENTRY.match(name) and (
+                not name.endswith(".h5") or _is_split_vds(path)):
+            entries.append(path)
+        else:
+            raise StoreError(f"{d}: refusing to replace it: {name} is not part of an mtlue store")
+    return entries
+
+
+def check_output_dir(store_dir, overwrite: bool) -> None:
+    """StoreWriter's refusals that do not depend on a resume, made before any expensive work: the
+    output is not a directory; with `overwrite`, it holds anything but an mtlue store, or a link."""
+    d = os.fspath(store_dir)
+    if os.path.exists(d) and not os.path.isdir(d):
+        raise StoreError(f"{d}: exists and is not a directory")
+    if overwrite and os.path.isdir(d) and os.listdir(d):
+        if os.path.islink(d):
+            raise StoreError(f"{d}: is a symbolic link; --overwrite replaces only a real store directory "
+                             f"(give {os.path.realpath(d)} itself)")
+        store_entries(d)
+
+
+def _remove_old_store(path: str) -> None:
+    """Remove the replaced store (checked at the start to hold only store files and no links).
+
+    shutil.rmtree removes links inside a real directory without following them."""
+    try:
+        if os.path.islink(path):
+            os.unlink(path)
+        else:
+            shutil.rmtree(path)
+    except OSError as exc:
+        raise StoreError(f"{path}: the new store is in place, but the old one moved here could not be "
+                         f"removed ({exc.strerror or exc}); delete it by hand") from None
 
 
 def _is_split_vds(path: str) -> bool:
