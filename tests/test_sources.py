@@ -192,7 +192,7 @@ def test_folder_split_by_seed_grayscale_and_declared_tasks(tmp_path):
     source = open_source(f"folder:{root}")
     assert [(t.name, t.num_classes) for t in source.tasks] == [("pose", 4), ("smiling", 2)]
     assert (source.size("train"), source.size("test")) == (4, 1)
-    assert source.get("train", 0).image.shape == (10, 12, 1)
+    assert source.get("train", 0).image.shape == (10, 12, 3)  # the other images are in colour: RGB
     again = open_source(f"folder:{root}")
     assert np.array_equal(source.split_rows["test"], again.split_rows["test"])
     splits = {tuple(open_source(f"folder:{root}", seed=s).split_rows["test"]) for s in range(6)}
@@ -201,7 +201,7 @@ def test_folder_split_by_seed_grayscale_and_declared_tasks(tmp_path):
 
 def test_folder_label_outside_declared_classes_names_file_row_and_task(tmp_path):
     root = make_folder(tmp_path, tasks_json=[{"name": "pose", "kind": "multiclass", "num_classes": 2}])
-    with pytest.raises(SourceError, match=r"labels\.csv: row 0 \(a\.png\), task 'pose'"):
+    with pytest.raises(SourceError, match=r"labels\.csv: line 2 \(a\.png\), task 'pose'"):
         open_source(f"folder:{root}")
 
 
@@ -218,12 +218,62 @@ def test_folder_missing_column_and_missing_files(tmp_path):
         open_source(f"folder:{root}")
 
 
-def test_folder_corrupt_image_is_named_by_get(tmp_path):
+def test_folder_corrupt_image_is_named_at_open_or_by_get(tmp_path):
     root = make_folder(tmp_path)
+    whole = (root / "c.png").read_bytes()
     (root / "c.png").write_bytes(b"not an image at all")
+    with pytest.raises(SourceError, match=r"c\.png: unreadable image"):  # headers are read when the folder opens
+        open_source(f"folder:{root}")
+    (root / "c.png").write_bytes(whole[: len(whole) // 2])  # a truncated PNG: its header still reads
     source = open_source(f"folder:{root}")
     with pytest.raises(SourceError, match=r"c\.png: unreadable image"):
         source.get("test", 0)
+
+
+def write_table(root, text, images=("a.png", "b.png", "c.png", "d.png")):
+    for k, name in enumerate(images):
+        save_image(str(root / name), size=(8, 8), value=30 * k + 10)
+    (root / "labels.csv").write_text(text, encoding="utf-8")
+    return root
+
+
+def test_a_grayscale_first_image_does_not_strip_the_colour_of_the_others(tmp_path):
+    root = write_table(tmp_path, "file,smiling\na.png,1\nb.png,0\nc.png,1\nd.png,0\n")
+    save_image(str(root / "a.png"), mode="L", size=(8, 8), value=77)
+    source = open_source(f"folder:{root}")
+    assert source.image_shape == (8, 8, 3)
+    colours = {tuple(source.get(split, k).image[0, 0]) for split in ("train", "test") for k in range(source.size(split))}
+    assert (77, 77, 77) in colours and any(len(set(c)) == 3 for c in colours)
+    for name in ("a.png", "b.png", "c.png", "d.png"):
+        save_image(str(root / name), mode="L", size=(8, 8))
+    assert open_source(f"folder:{root}").image_shape == (8, 8, 1)  # all grayscale: one channel
+
+
+@pytest.mark.parametrize("cells, message", [
+    (("1", "0", "-1", "1"), r"line 4, column 'smiling': -1 is not a class label"),
+    (("1", "2", "1.5", "0"), r"line 4, column 'smiling': '1\.5' is not a class label, yet 3 of the column's 4"),
+])
+def test_a_class_column_with_a_stray_value_is_an_error_not_a_regression(tmp_path, cells, message):
+    rows = "".join(f"{name},{cell}\n" for name, cell in zip(("a.png", "b.png", "c.png", "d.png"), cells))
+    root = write_table(tmp_path, "file,smiling\n" + rows)
+    with pytest.raises(SourceError, match=message):
+        open_source(f"folder:{root}")
+    (root / "tasks.json").write_text(json.dumps({"smiling": {"kind": "regression"}}))
+    assert open_source(f"folder:{root}").tasks[0].kind == "regression"  # declared: accepted as it says
+
+
+def test_a_duplicated_row_is_refused_naming_both_lines(tmp_path):
+    root = write_table(tmp_path, "file,smiling\na.png,1\nb.png,0\n\nc.png,1\nb.png,0\n")
+    with pytest.raises(SourceError, match=r"line 6: 'b\.png' is listed again \(first on line 3\)"):
+        open_source(f"folder:{root}")
+
+
+def test_a_byte_order_mark_is_ignored_and_lines_are_file_lines(tmp_path):
+    root = write_table(tmp_path, "\ufefffile,smiling\na.png,1\n\nb.png,7x\n")
+    with pytest.raises(SourceError, match=r"line 4, column 'smiling': '7x' is not a number"):
+        open_source(f"folder:{root}")
+    (root / "labels.csv").write_text("\ufefffile,smiling\na.png,1\nb.png,0\nc.png,1\nd.png,0\n", encoding="utf-8")
+    assert open_source(f"folder:{root}").size("train") == 3
 
 
 # ---------------------------------------------------------------- celeba

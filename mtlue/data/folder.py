@@ -156,29 +156,46 @@ def load_task_declarations(path: str) -> list:
     return tasks
 
 
-def infer_task(csv_path: str, column: str, cells: list) -> TaskSpec:
-    """Kind from the non-empty values: all in {0,1} → binary, non-negative ints → multiclass, numbers → regression."""
-    values = [cell for cell in cells if cell != ""]
+def infer_task(csv_path: str, column: str, cells: list, lines: list | None = None) -> TaskSpec:
+    """Kind from the non-empty values: all in {0,1} → binary, non-negative integers → multiclass,
+    numbers (mostly non-integer) → regression. A column that looks like class labels but holds a
+    negative or fractional value is an error, never silently a regression: declare it in tasks.json."""
+    lines = lines or [row + 2 for row in range(len(cells))]
+    values = [(row, cell) for row, cell in enumerate(cells) if cell != ""]
     if not values:
         raise SourceError(f"{csv_path}: column {column!r} has no labels")
-    try:
-        integers = [int(v) for v in values]
-    except ValueError:
-        integers = None
-    if integers is not None and min(integers) >= 0:
-        top = max(integers)
-        return TaskSpec(column, "binary", 2) if top <= 1 else TaskSpec(column, "multiclass", top + 1)
-    for row, cell in enumerate(cells):
-        if cell != "":
+    integers, fractional = [], []
+    for row, cell in values:
+        try:
+            integers.append((row, int(cell)))
+        except ValueError:
             try:
                 float(cell)
             except ValueError:
-                raise SourceError(f"{csv_path}: row {row}, column {column!r}: {cell!r} is not a number") from None
+                raise SourceError(f"{csv_path}: line {lines[row]}, column {column!r}: {cell!r} is not a number") from None
+            fractional.append((row, cell))
+    declare = f"declare the task's kind in tasks.json if column {column!r} is meant that way"
+    if not fractional:
+        negative = next(((row, v) for row, v in integers if v < 0), None)
+        if negative is not None:
+            raise SourceError(f"{csv_path}: line {lines[negative[0]]}, column {column!r}: {negative[1]} is not a class "
+                              f"label (classes are 0..C-1, and every other value is an integer); {declare} "
+                              f"(e.g. regression)")
+        top = max(v for _, v in integers)
+        return TaskSpec(column, "binary", 2) if top <= 1 else TaskSpec(column, "multiclass", top + 1)
+    if len(fractional) < len(values) / 2:
+        row, cell = fractional[0]
+        raise SourceError(f"{csv_path}: line {lines[row]}, column {column!r}: {cell!r} is not a class label, yet "
+                          f"{len(integers)} of the column's {len(values)} values are integers; fix the cell, or "
+                          f"{declare} (regression)")
     return TaskSpec(column, "regression", 1)
 
 
-def parse_labels(csv_path: str, files: list, task: TaskSpec, cells: list) -> tuple[np.ndarray, np.ndarray]:
-    """One task's labels and masks; an empty cell is a missing label, a value outside the task's range an error."""
+def parse_labels(csv_path: str, files: list, task: TaskSpec, cells: list,
+                 lines: list | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One task's labels and masks; an empty cell is a missing label, a value outside the task's range
+    an error naming the CSV line (`lines[row]`, 1-based with the header on line 1)."""
+    lines = lines or [row + 2 for row in range(len(cells))]
     labels = np.zeros(len(cells), dtype=label_dtype(task))
     masks = np.zeros(len(cells), dtype=bool)
     for row, cell in enumerate(cells):
@@ -190,7 +207,7 @@ def parse_labels(csv_path: str, files: list, task: TaskSpec, cells: list) -> tup
             value = None
         if value is None or (task.is_classification and not 0 <= value < task.num_classes):
             expected = f"0..{task.num_classes - 1}" if task.is_classification else "a number"
-            raise SourceError(f"{csv_path}: row {row} ({files[row]}), task {task.name!r}: label {cell!r} "
+            raise SourceError(f"{csv_path}: line {lines[row]} ({files[row]}), task {task.name!r}: label {cell!r} "
                               f"outside {expected}")
         labels[row], masks[row] = value, True
     return labels, masks
@@ -214,7 +231,8 @@ class FolderSource(ImageFileSource):
             "one task per labels.csv column other than file/split, or the tasks tasks.json declares",
             "kinds inferred: values all in {0,1} -> binary; non-negative integers -> multiclass (C = max+1); "
             "other numbers -> regression",
-            "an empty cell is a missing label; images take the first image's size and mode (RGB or L)",
+            "an empty cell is a missing label; images take the first image's size; the store is RGB when any "
+            "image is in colour (grayscale ones are replicated), L when all are grayscale",
             'tasks.json may mark a task "flip_safe": true (its label survives a horizontal flip); default false',
         ]
 
@@ -222,18 +240,21 @@ class FolderSource(ImageFileSource):
     def load(cls, root: str, seed: int = 0) -> "FolderSource":
         csv_path = os.path.join(root, "labels.csv")
         require_path("folder", csv_path)
-        with open(csv_path, newline="") as handle:
-            table = [[cell.strip() for cell in row] for row in csv.reader(handle) if row]
-        columns, rows = (table[0], table[1:]) if table else ([], [])
+        columns, rows, lines = read_label_table(csv_path)
         if "file" not in columns:
-            raise SourceError(f"{csv_path}: missing column 'file'")
+            raise SourceError(f"{csv_path}: missing column 'file' (header: {', '.join(columns) or 'empty'})")
         if not rows:
             raise SourceError(f"{csv_path}: no data rows")
         cells_of = {column: [row[k] if k < len(row) else "" for row in rows] for k, column in enumerate(columns)}
         files = cells_of["file"]
+        seen = {}
         for row, name in enumerate(files):
+            if name in seen:
+                raise SourceError(f"{csv_path}: line {lines[row]}: {name!r} is listed again (first on line "
+                                  f"{lines[seen[name]]}); one image once, or it could sit in train and test")
+            seen[name] = row
             if not os.path.isfile(os.path.join(root, name)):
-                raise SourceError(f"{csv_path}: row {row}: image file {name!r} not found under {root}")
+                raise SourceError(f"{csv_path}: line {lines[row]}: image file {name!r} not found under {root}")
 
         tasks_path = os.path.join(root, "tasks.json")
         if os.path.isfile(tasks_path):
@@ -242,28 +263,45 @@ class FolderSource(ImageFileSource):
                 if task.name not in cells_of:
                     raise SourceError(f"{csv_path}: missing column {task.name!r} (declared in tasks.json)")
         else:
-            tasks = [infer_task(csv_path, c, cells_of[c]) for c in columns if c not in ("file", "split")]
+            tasks = [infer_task(csv_path, c, cells_of[c], lines) for c in columns if c not in ("file", "split")]
         if not tasks:
             raise SourceError(f"{csv_path}: no task columns besides file/split")
         labels, masks = {}, {}
         for task in tasks:
-            labels[task.name], masks[task.name] = parse_labels(csv_path, files, task, cells_of[task.name])
+            labels[task.name], masks[task.name] = parse_labels(csv_path, files, task, cells_of[task.name], lines)
 
         if "split" in cells_of:
             split_rows = {"train": [], "test": []}
             for row, value in enumerate(cells_of["split"]):
                 if value not in split_rows:
-                    raise SourceError(f"{csv_path}: row {row} ({files[row]}): split {value!r} is not train or test")
+                    raise SourceError(f"{csv_path}: line {lines[row]} ({files[row]}): split {value!r} is not train "
+                                      f"or test")
                 split_rows[value].append(row)
         else:
             split_rows = seeded_split(len(files), seed)
 
-        first = read_image(os.path.join(root, files[0]), mode=first_image_mode(os.path.join(root, files[0])))
+        modes = {name: image_mode_of(os.path.join(root, name)) for name in files}
+        mode = "RGB" if "RGB" in modes.values() else "L"  # one colour image keeps the store in colour
+        first = read_image(os.path.join(root, files[0]), mode=mode)
         return cls(root, files, split_rows, tuple(tasks), labels, masks, first.shape)
 
 
-def first_image_mode(path: str) -> str:
-    """L for single-channel images (L, 1, I, F, LA), else RGB."""
+def read_label_table(csv_path: str) -> tuple[list, list, list]:
+    """(header, data rows, 1-based file line of each row) of labels.csv; a UTF-8 BOM is ignored and
+    blank lines are skipped."""
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            table = [([cell.strip() for cell in row], reader.line_num) for row in reader if any(c.strip() for c in row)]
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise SourceError(f"{csv_path}: cannot read ({one_line(error)})") from None
+    if not table:
+        return [], [], []
+    return table[0][0], [row for row, _ in table[1:]], [line for _, line in table[1:]]
+
+
+def image_mode_of(path: str) -> str:
+    """L for single-channel images (L, 1, I, F, LA), else RGB; reads the header only."""
     from PIL import Image
 
     try:
