@@ -16,7 +16,8 @@ from mtlue.errors import IntegrityError, MtlueError
 
 
 def reports_errors(func):
-    """Turn library errors into `error: …` on stderr and exit 1."""
+    """The one place errors become messages: library errors and file-system errors (a read-only or
+    missing output directory, a full disk) print one line on stderr and exit 1, never a traceback."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -27,6 +28,10 @@ def reports_errors(func):
             sys.exit(1)
         except MtlueError as exc:
             click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+        except OSError as exc:
+            where = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p)
+            click.echo(f"error: {where + ': ' if where else ''}{exc.strerror or exc}", err=True)
             sys.exit(1)
 
     return wrapper
@@ -152,6 +157,19 @@ def _short_value(value, width: int = 72) -> str:
 
 # ---- victim training (train) ------------------------------------------------------------
 
+_NO_CHECK_HELP = "Do not re-check store shards' sha256 against their manifests before training (faster; trusts the bytes)."
+
+
+def _check_stores(*specs, check: bool = True) -> None:
+    """Verify every store among `specs` (sha256 of each shard against its manifest) before it is used."""
+    from mtlue.data import parse_spec
+    from mtlue.store import verify_store
+
+    for spec in specs:
+        if check and spec and parse_spec(spec)[0] == "shards":
+            verify_store(spec)
+
+
 BINARY_METRICS = ("balanced_accuracy", "auc")  # mtlue.metrics.BINARY_METRICS (not imported: keeps --help light)
 
 
@@ -198,10 +216,12 @@ def _victim_options(func):
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA if present), cpu, cuda, cuda:1, ...")
 @click.option("--workers", default=0, show_default=True, type=int, help="DataLoader worker processes.")
+@click.option("--no-check-store", "no_check_store", is_flag=True, help=_NO_CHECK_HELP)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @reports_errors
 def train(data, test_spec, weighting, backbone, epochs, batch_size, lr, optimizer, momentum, schedule, augment,
-          binary_metric, out_dir, stl, grad_space, checkpoint_every, defense, seed, device, workers, quiet):
+          binary_metric, out_dir, stl, grad_space, checkpoint_every, defense, seed, device, workers, no_check_store,
+          quiet):
     """Train a victim multi-task model on DATA and test it on clean data every epoch.
 
     DATA is any SOURCE or store. Writes DIR/metrics.json (per task and epoch, floor, peak, last,
@@ -220,6 +240,7 @@ def train(data, test_spec, weighting, backbone, epochs, batch_size, lr, optimize
                          defense=None if defense == "none" else defense, optimizer=optimizer, momentum=momentum,
                          schedule=schedule, augment=augment, binary_metric=binary_metric)
     torch_device = resolve_device(device)
+    _check_stores(data, test_spec, check=not no_check_store)
     train_source = open_source(data)
     test_source = open_source(test_spec) if test_spec else train_source
     check_training_sources(train_source, test_source, data, f"--test {test_spec}" if test_spec else data)
@@ -464,11 +485,13 @@ _JOBS_HELP = "Victims trained at once, one worker process each (CPU only); auto 
 @click.option("--jobs", default="auto", show_default=True, help=_JOBS_HELP)
 @click.option("--out", "out_dir", default=None, help="Report directory [default: STORE.verify].")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--no-check-store", "no_check_store", is_flag=True,
+              help="Do not re-check a --clean store's shards (STORE itself is always verified: it is what is judged).")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @reports_errors
 def verify(store, clean_spec, profiles, weightings, stl, seeds, defenses, defense_weightings, defense_profiles,
            backbone, epochs, batch_size, lr, optimizer, momentum, schedule, augment, grad_space, max_learnability,
-           min_clean_gain, binary_metric, jobs, out_dir, device, quiet):
+           min_clean_gain, binary_metric, jobs, out_dir, device, no_check_store, quiet):
     """Check that a protected release is unlearnable: retrain victims on STORE and on clean data.
 
     Every attacker profile x weighting is a verdict row, judged at its worst seed by retained
@@ -505,6 +528,7 @@ def verify(store, clean_spec, profiles, weightings, stl, seeds, defenses, defens
         if defense_weightings else None,
         defense_profiles=_split_names(defense_profiles) if defense_profiles else None, rules=rules)
     verify_store(store)
+    _check_stores(clean_spec, check=not no_check_store)
     protected, clean = open_source(store), open_source(clean_spec)
     out_dir = out_dir or os.path.normpath(store) + ".verify"
     result = run_verification(protected, clean, config, out_dir, torch_device, progress=not quiet, jobs=jobs)
@@ -522,9 +546,10 @@ def verify(store, clean_spec, profiles, weightings, stl, seeds, defenses, defens
 @click.option("--fresh", is_flag=True, help="Delete an earlier run of this name and start over.")
 @click.option("--jobs", default="auto", show_default=True, help=_JOBS_HELP)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--no-check-store", "no_check_store", is_flag=True, help=_NO_CHECK_HELP)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @reports_errors
-def run(recipe, name, runs_dir, resume, fresh, jobs, device, quiet):
+def run(recipe, name, runs_dir, resume, fresh, jobs, device, no_check_store, quiet):
     """Protect a dataset and prove it, as a recipe (pipelines/*.toml) says.
 
     Stages: surrogate, generator, shards, victims, report, into RUNS_DIR/NAME/. Exit 0 on
@@ -541,7 +566,7 @@ def run(recipe, name, runs_dir, resume, fresh, jobs, device, quiet):
     torch_device = resolve_device(device)
     outcome = run_pipeline(load_recipe(recipe, name), runs_dir, device=torch_device, resume=resume, fresh=fresh,
                            progress=not quiet, log=lambda line: click.echo(line, err=True),
-                           jobs=_jobs(jobs, torch_device))
+                           jobs=_jobs(jobs, torch_device), check_store=not no_check_store)
     result = VerificationResult.from_json(outcome["report"])
     click.echo(format_verdict_text(result))
     click.echo(f"report: {os.path.join(outcome['report_dir'], 'report.md')}")

@@ -158,7 +158,7 @@ def check_run_dir(run_dir: str, resume: bool, fresh: bool) -> None:
 
 
 def run_pipeline(recipe: Recipe, runs_dir: str = "runs", device=None, resume: bool = False, fresh: bool = False,
-                 progress: bool = True, log=print, jobs: int = 1) -> dict:
+                 progress: bool = True, log=print, jobs: int = 1, check_store: bool = True) -> dict:
     """Run (or resume) every stage; returns {"verdict", "report_dir", "stages": {name: "ran"|"skipped"}}."""
     from mtlue.data import open_source
     from mtlue.runtime import resolve_device
@@ -174,7 +174,7 @@ def run_pipeline(recipe: Recipe, runs_dir: str = "runs", device=None, resume: bo
         "surrogate": lambda stage: _surrogate_stage(plan, source, device, stage, progress),
         "generator": lambda stage: _generator_stage(plan, source, device, stage, progress),
         "shards": lambda stage: _shards_stage(plan, source, device, stage, progress),
-        "victims": lambda stage: _victims_stage(plan, source, device, stage, progress, jobs),
+        "victims": lambda stage: _victims_stage(plan, source, device, stage, progress, jobs, check_store),
         "report": lambda stage: _report_stage(plan, source, device, stage),
     }
     outcome = {}
@@ -231,10 +231,13 @@ def _shards_stage(plan: RunPlan, source, device, stage: Stage, progress: bool) -
     return {"store": plan.store_dir, "shards": len(manifest["splits"]["train"]["shards"])}
 
 
-def _victims_stage(plan: RunPlan, source, device, stage: Stage, progress: bool, jobs: int) -> dict:
+def _victims_stage(plan: RunPlan, source, device, stage: Stage, progress: bool, jobs: int, check_store: bool) -> dict:
     from mtlue.data import open_source
+    from mtlue.store import verify_store
     from mtlue.verify import train_victim_grid
 
+    if check_store:  # a resumed run trains on a store that may have changed since the shards stage
+        verify_store(plan.store_dir)
     rows = train_victim_grid(open_source(plan.store_dir), source, plan.verify, stage.path, device, progress, jobs)
     return {"victims": len(rows)}
 

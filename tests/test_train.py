@@ -122,7 +122,7 @@ def test_cli_train_prints_table_and_writes_run(tmp_path):
     result = CliRunner().invoke(main, ["train", "shapes:n=96,size=16", "--backbone", "small_cnn", "--epochs", "1",
                                        "--batch-size", "32", "--out", str(out), "--quiet"])
     assert result.exit_code == 0, result.output
-    assert "striped" in result.output and "floor" in result.output and "mean" in result.output
+    assert "striped" in result.output and "chance" in result.output and "mean" in result.output
     assert (out / "metrics.json").exists() and (out / "model.pt").exists()
 
 

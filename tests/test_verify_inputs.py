@@ -57,3 +57,20 @@ def test_cli_verify_refuses_before_training_anything(tmp_path):
                                       "--device", "cpu", "--out", str(tmp_path / "report"), "--quiet"])
     assert result.exit_code == 1 and "not the source the store was made from" in result.output
     assert not (tmp_path / "report" / "victims").exists()
+
+
+@pytest.mark.slow
+def test_victims_trained_in_worker_processes_match_one_process(tmp_path, monkeypatch):
+    from mtlue.profiles import build_profiles
+    from mtlue.train import TrainConfig
+    from mtlue.verify import VerifyConfig, train_victim_grid
+
+    spec = "shapes:n=64,size=16,seed=1"
+    export_source(open_source(spec), str(tmp_path / "store"), shard_size=32, progress=False)
+    protected, clean = open_source(str(tmp_path / "store")), open_source(spec)
+    base = TrainConfig(backbone="small_cnn", epochs=1, batch_size=32)
+    config = VerifyConfig(profiles=build_profiles([{"name": "plain"}], base, ("ew", "rlw"), "test"), seeds=(0,))
+    monkeypatch.setattr("os.cpu_count", lambda: 2)  # one thread per worker, as in this (one-thread) process
+    serial = train_victim_grid(protected, clean, config, str(tmp_path / "serial"), "cpu", False, jobs=1)
+    parallel = train_victim_grid(protected, clean, config, str(tmp_path / "parallel"), "cpu", False, jobs=2)
+    assert [r.to_json() for r in serial] == [r.to_json() for r in parallel]

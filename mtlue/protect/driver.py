@@ -18,11 +18,12 @@ import numpy as np
 import torch
 
 from mtlue.data.base import Batch, Source
-from mtlue.errors import ConfigError, ProtectionError, StoreError
+from mtlue.errors import ConfigError, MtlueError, ProtectionError, StoreError
 from mtlue.protect.base import CLASSWISE_METHODS, ProtectConfig, ProtectContext
 from mtlue.store.layout import dumps_json, write_text_atomic
 
-APPLY_RULE = "stored = round(clip(x*255 + delta*255, 0, 255)) as uint8 (round half to even); x, delta in [0,1] units"
+APPLY_RULE = ("stored = round(clip(x*255 + delta*255, 0, 255)) as uint8 (round half to even), then within "
+              "floor(epsilon) of x*255; x, delta in [0,1] units")
 DEFAULT_SHARD_SIZE = 2048
 RUN_FILE = "protect-run.json"
 
@@ -33,10 +34,15 @@ def default_work_dir(store_dir) -> Path:
     return store.with_name(store.name + ".work")
 
 
-def apply_perturbation(images: np.ndarray, delta: np.ndarray) -> np.ndarray:
-    """round(clip(x·255 + δ·255, 0, 255)) as uint8, x uint8 (N,H,W,C), δ float (N,H,W,C) in pixel-range units."""
+def apply_perturbation(images: np.ndarray, delta: np.ndarray, epsilon: float | None = None) -> np.ndarray:
+    """round(clip(x·255 + δ·255, 0, 255)) as uint8, x uint8 (N,H,W,C), δ float (N,H,W,C) in pixel-range units;
+    with `epsilon` (1/255 units), then kept within ⌊ε⌋ of x, so a fractional ε (4.5) never rounds past it."""
     shifted = images.astype(np.float64) + delta.astype(np.float64) * 255.0
-    return np.rint(np.clip(shifted, 0.0, 255.0)).astype(np.uint8)
+    stored = np.rint(np.clip(shifted, 0.0, 255.0))
+    if epsilon is not None:
+        budget = np.floor(float(epsilon) + 1e-6)
+        stored = np.clip(stored, images.astype(np.float64) - budget, images.astype(np.float64) + budget)
+    return stored.astype(np.uint8)
 
 
 def check_protected_batch(clean: np.ndarray, delta: np.ndarray, stored: np.ndarray, epsilon: float, index) -> None:
@@ -45,6 +51,13 @@ def check_protected_batch(clean: np.ndarray, delta: np.ndarray, stored: np.ndarr
         bad = np.unique(np.nonzero(~np.isfinite(delta.reshape(len(delta), -1)))[0])
         raise ProtectionError(f"perturbation holds NaN/inf for sample index {int(index[bad[0]])} "
                               f"({len(bad)} samples in this batch); nothing was written")
+    # δ itself within ε (a method's bug is an error, never silently clipped); the apply rule only keeps
+    # the rounding of a fractional ε from stepping past it
+    reach = np.abs(delta.astype(np.float64) * 255.0).reshape(len(delta), -1).max(1) if delta.size else np.zeros(0)
+    wide = np.nonzero(reach > epsilon + 1e-3)[0]
+    if len(wide):
+        raise ProtectionError(f"sample index {int(index[wide[0]])}: the method's δ reaches {reach[wide[0]]:.2f}/255 "
+                              f"> ε = {epsilon:g}/255 ({len(wide)} samples in this batch); nothing was written")
     diff = np.abs(stored.astype(np.int16) - clean.astype(np.int16)).reshape(len(stored), -1).max(1)
     over = np.nonzero(diff > epsilon + 1e-6)[0]
     if len(over):
@@ -71,8 +84,7 @@ def protect_source(source: Source, store_dir, config: ProtectConfig, device: tor
     Resumes: the method reloads its last checkpoint from `work_dir`, and finished shards of an
     interrupted run with the same settings are kept. `method` overrides the registry (tests).
     """
-    from mtlue.protect import build_method
-    from mtlue.store.writer import StoreWriter
+    from mtlue.store.writer import check_output_dir, store_entries
 
     store_dir = Path(os.fspath(store_dir))
     source.check_split("train")
@@ -83,6 +95,34 @@ def protect_source(source: Source, store_dir, config: ProtectConfig, device: tor
         raise ConfigError(f"--work-dir {work_dir}: must not lie inside the store {store_dir} (the release)")
     if config.work_dir is None:
         config = config.with_(work_dir=str(work_dir))
+    check_output_dir(store_dir, overwrite)  # refused now, not after the generator has trained
+    if store_dir.is_dir() and any(store_dir.iterdir()) and not (store_dir / "manifest.json").is_file():
+        store_entries(str(store_dir))  # an interrupted store may be resumed; a folder of other files never is
+    created_work_dir = not work_dir.exists()
+    try:
+        return _protect(source, store_dir, config, device, work_dir, overwrite, progress, shard_size, on_iteration,
+                        method)
+    except MtlueError:
+        if created_work_dir:
+            remove_empty_tree(work_dir)  # a refused run leaves no empty STORE.work/ behind
+        raise
+
+
+def remove_empty_tree(path: Path) -> None:
+    """Remove `path` if it holds directories only (no file anywhere below it)."""
+    if not path.is_dir() or path.is_symlink():
+        return
+    for root, dirs, files in os.walk(path, topdown=False):
+        if files or any(os.path.islink(os.path.join(root, d)) for d in dirs):
+            return
+    for root, _, _ in os.walk(path, topdown=False):
+        os.rmdir(root)
+
+
+def _protect(source, store_dir: Path, config: ProtectConfig, device, work_dir: Path, overwrite: bool, progress: bool,
+             shard_size: int, on_iteration, method) -> dict:
+    from mtlue.protect import build_method
+    from mtlue.store.writer import StoreWriter
 
     method = method if method is not None else build_method(config)
     context = ProtectContext(source, config, device, work_dir, progress=progress, on_iteration=on_iteration)
@@ -126,7 +166,7 @@ def protect_batch(batch: Batch, method, config: ProtectConfig, poisoned: np.ndar
                                   f"{batch.images.shape}; nothing was written")
         delta[chosen] = produced[chosen]
     with np.errstate(invalid="ignore"):  # NaN is reported by the check below, not as a cast warning
-        stored = apply_perturbation(batch.images, delta)
+        stored = apply_perturbation(batch.images, delta, config.epsilon)
     check_protected_batch(batch.images, delta, stored, config.epsilon, batch.index)
     return Batch(batch.index, stored, batch.labels, batch.masks)
 
@@ -150,7 +190,7 @@ def protection_record(config: ProtectConfig, method, context: ProtectContext) ->
         "batch_size": config.batch_size,
         "world_size_x_batch": f"1 x {config.batch_size}",
         "surrogate": context.surrogate_info or _surrogate_settings(config),
-        "config": config.to_json(),
+        "config": {k: v for k, v in config.to_json().items() if k != "work_dir"},  # the owner's machine, not the data's
         "software": _software(),
     }
     record.update(method.record())
