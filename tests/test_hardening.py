@@ -22,6 +22,7 @@ from mtlue.errors import CheckpointError, IntegrityError, ProtectionError, Store
 from mtlue.protect.base import ProtectConfig, ProtectionMethod, SurrogateConfig
 from mtlue.protect.driver import protect_source
 from mtlue.store import StoreWriter, export_source, read_manifest, verify_store
+from mtlue.store.recovery import recover_interrupted_overwrite
 from mtlue.store.vds import write_split_vds
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -324,3 +325,90 @@ def test_a_sidecar_checksum_that_disagrees_fails_verify(tiny_store):
     open(sidecar, "w").write("0" * 64 + "  shard-00000-of-00004.h5\n")
     with pytest.raises(IntegrityError, match="shard-00000-of-00004.h5.sha256"):
         verify_store(tiny_store)
+
+
+# ---- a killed --overwrite is undone by the next writer on the store ------------------------------------
+
+class Killed(BaseException):
+    """Stands for SIGKILL: nothing after it runs, not even the writer's clean-up."""
+
+
+def test_a_kill_between_the_two_renames_is_undone_by_the_next_writer(tiny_store, monkeypatch):
+    import mtlue.store.writer as writer_module
+
+    before = store_snapshot(tiny_store)
+    real_rename, calls = os.rename, []
+
+    def dying_rename(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:  # the old store is aside, the complete new one not yet in place
+            raise Killed
+        real_rename(src, dst)
+
+    monkeypatch.setattr(writer_module.os, "rename", dying_rename)
+    # a killed process runs no clean-up; only the kernel drops its lock on the staging directory
+    monkeypatch.setattr(StoreWriter, "_fail", lambda self, exc_type: self._release_staging_lock())
+    with pytest.raises(Killed):
+        export_source(TinySource(seed=5), tiny_store, shard_size=10, progress=False, overwrite=True)
+    monkeypatch.undo()
+    assert not os.path.exists(tiny_store)
+    assert [n.split("-")[0] for n in siblings(tiny_store)] == ["store.partial", "store.replaced"]
+
+    done = recover_interrupted_overwrite(tiny_store)
+    assert len(done) == 2 and "restored the old store" in done[0]
+    assert store_snapshot(tiny_store) == before and siblings(tiny_store) == []  # as if it never started
+    export_source(TinySource(seed=5), tiny_store, shard_size=10, progress=False, overwrite=True)  # the rerun
+    verify_store(tiny_store)
+    assert store_snapshot(tiny_store) != before and siblings(tiny_store) == []
+
+
+def test_a_missing_store_is_restored_by_the_next_command_on_it(tmp_path, tiny_store):
+    before = store_snapshot(tiny_store)
+    os.rename(tiny_store, tiny_store + ".replaced-0123abcd")
+    export_source(TinySource(seed=5), tiny_store + ".partial-89abcdef", shard_size=10, progress=False)
+    result = CliRunner().invoke(main, ["export", "shapes:n=40,size=8", tiny_store, "--quiet"])
+    assert result.exit_code == 1 and "not empty" in result.output, result.output  # the old store is back
+    assert store_snapshot(tiny_store) == before and siblings(tiny_store) == []
+
+
+def test_stale_partial_stores_are_removed_but_never_a_users_files_or_links(tmp_path, tiny_store):
+    stale = Path(tiny_store + ".partial-00000001")
+    (stale / "train").mkdir(parents=True)
+    (stale / "train" / "shard-00000-of-00004.h5.tmp").write_bytes(b"half a shard")
+    foreign = Path(tiny_store + ".partial-00000002")
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "train").mkdir(parents=True)
+    os.symlink(elsewhere, tiny_store + ".partial-00000003")
+    half_deleted = Path(tiny_store + ".replaced-00000004")  # killed while the old store was removed
+    shutil.copytree(os.path.join(tiny_store, "train"), half_deleted / "train")
+    os.remove(next((half_deleted / "train").glob("*.h5")))
+
+    export_source(TinySource(seed=5), tiny_store, shard_size=10, progress=False, overwrite=True)
+    assert not stale.exists() and not half_deleted.exists()
+    assert (foreign / "notes.txt").read_text() == "mine"
+    assert os.path.islink(tiny_store + ".partial-00000003") and (elsewhere / "train").is_dir()
+    verify_store(tiny_store)
+
+
+def test_a_live_overwrite_by_another_writer_is_not_taken_for_a_killed_one(tiny_store):
+    with StoreWriter(tiny_store, TinySource.tasks, TinySource.image_shape, overwrite=True) as first:
+        staging = first.write_dir
+        with pytest.raises(StoreError, match="replacing this store right now"):
+            StoreWriter(tiny_store, TinySource.tasks, TinySource.image_shape, overwrite=True)
+        assert os.path.isdir(staging)
+        first.write_split("train", 37, 10, lambda a, b: TinySource(seed=5).batches("train", 4, a, b), progress=False)
+        first.finish()
+    verify_store(tiny_store)
+    assert siblings(tiny_store) == []
+
+
+def test_a_killed_protect_overwrite_leaves_the_old_store_to_the_rerun(tmp_path):
+    source, store = open_source(SPEC), tmp_path / "P"
+    protect_source(source, store, tiny_config(), CPU, progress=False, method=FixedDelta(tiny_config(), 1 / 255))
+    before = store_snapshot(store)
+    os.rename(store, str(store) + ".replaced-0123abcd")
+    with pytest.raises(StoreError, match="already there"):
+        protect_source(source, store, tiny_config(), CPU, progress=False, method=FixedDelta(tiny_config(), 2 / 255))
+    assert store_snapshot(store) == before and siblings(store) == []

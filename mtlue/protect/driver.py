@@ -84,10 +84,12 @@ def protect_source(source: Source, store_dir, config: ProtectConfig, device: tor
     Resumes: the method reloads its last checkpoint from `work_dir`, and finished shards of an
     interrupted run with the same settings are kept. `method` overrides the registry (tests).
     """
+    from mtlue.store.recovery import recover_interrupted_overwrite
     from mtlue.store.writer import check_output_dir, store_entries
 
     store_dir = Path(os.fspath(store_dir))
     source.check_split("train")
+    recover_interrupted_overwrite(store_dir)  # a killed --overwrite: the old store back, before it is judged
     if (store_dir / "manifest.json").is_file() and not overwrite:
         raise StoreError(f"{store_dir}: a complete store is already there; pass --overwrite to replace it")
     work_dir = Path(work_dir) if work_dir else default_work_dir(store_dir)

@@ -10,6 +10,19 @@ a sibling directory `STORE.partial-XXXXXXXX`, and `finish()` renames the old sto
 new one into place and only then removes the old one. Any failure (or interrupt) before that removes
 the sibling and leaves the old store as it was. Nothing is ever written or deleted through a symbolic
 link: a store whose parts are links is refused.
+
+A hard kill (SIGKILL, power loss) during an overwrite can leave `STORE.partial-*` (the unfinished new
+store) and, if it came between the two renames, no `STORE` at all, the old one sitting in
+`STORE.replaced-*`. The next writer on STORE (export, protect, `mtlue run`'s shards stage) first calls
+`mtlue.store.recovery.recover_interrupted_overwrite`, which makes it as if the killed overwrite had never started:
+- no `STORE` but one `STORE.replaced-*`: the old store is renamed back into place, even when a
+  complete `STORE.partial-*` is beside it (the killed command never reported success, so its
+  result is not trusted; the next overwrite builds it again);
+- every `STORE.partial-*` is removed, and a `STORE.replaced-*` beside a complete `STORE` (the kill
+  came while the old store was being deleted) too, but only a real directory that holds nothing
+  but store files: a link, or a folder with anything else in it, is left alone.
+A writer holds an advisory lock (flock) on its staging directory while it builds it, so a live
+overwrite by another process is never taken for a killed one: the second writer is refused.
 """
 
 from __future__ import annotations
@@ -29,6 +42,7 @@ from mtlue.store.layout import (
     sha256_file, shard_ranges, shard_relpath, software_versions, vds_name, write_text_atomic,
 )
 from mtlue.store.manifest import without_local_paths, write_manifest
+from mtlue.store.recovery import lock_directory, recover_interrupted_overwrite
 from mtlue.store.shard import write_shard
 from mtlue.store.vds import write_split_vds
 
@@ -53,6 +67,7 @@ class StoreWriter:
         self._created_dirs = []
         self._finished = False
         self._staging = None  # overwrite: the sibling directory the new store is built in
+        self._staging_lock = None  # the open, flock-ed staging directory while this writer builds it
         self.write_dir = self.store_dir  # where files go: the store itself, or the staging directory
         self._prepare(overwrite, resume)
 
@@ -96,6 +111,7 @@ class StoreWriter:
 
     def _prepare(self, overwrite: bool, resume: bool) -> None:
         d = self.store_dir
+        recover_interrupted_overwrite(d)
         if os.path.islink(d) and not os.path.isdir(d):
             raise StoreError(f"{d}: is a symbolic link that does not lead to a directory")
         if not os.path.exists(d):
@@ -131,6 +147,7 @@ class StoreWriter:
             path = os.path.join(parent, f"{name}.partial-{secrets.token_hex(4)}")
             try:
                 os.mkdir(path)
+                self._staging_lock = lock_directory(path)
                 return path
             except FileExistsError:
                 continue
@@ -139,6 +156,11 @@ class StoreWriter:
                                  f"({exc.strerror or exc})") from None
         raise StoreError(f"{self.store_dir}: cannot find a free name for the new store in {parent}")
 
+    def _release_staging_lock(self) -> None:
+        lock, self._staging_lock = self._staging_lock, None
+        if lock is not None:
+            os.close(lock)  # closing the last descriptor releases the flock
+
     def _remove_staging(self) -> None:
         staging, self._staging = self._staging, None
         self.write_dir = self.store_dir
@@ -146,6 +168,7 @@ class StoreWriter:
         self._created_dirs.clear()
         if staging is not None and os.path.isdir(staging) and not os.path.islink(staging):
             shutil.rmtree(staging, ignore_errors=True)  # made by this writer: it holds nothing else
+        self._release_staging_lock()
 
     def _swap_in(self) -> None:
         """Replace the old store by the complete one in the staging directory, then remove the old one."""
@@ -171,6 +194,7 @@ class StoreWriter:
                              "the old store is unchanged") from None
         self._staging, self.write_dir = None, self.store_dir
         self._created.clear()  # the new store is the store now: nothing of it is removed any more
+        self._release_staging_lock()
         _remove_old_store(old)
 
     def _store_entries(self) -> list:
