@@ -130,3 +130,19 @@ def test_train_refuses_a_store_whose_bytes_were_edited(tmp_path):
     assert result.exit_code == 1 and "verification failed" in result.output and "shard-00000" in result.output
     assert not (tmp_path / "v").exists()
     assert runner.invoke(cli.main, args + ["--no-check-store"]).exit_code == 0  # the opt-out trusts the bytes
+
+
+def test_a_manifest_without_a_sha256_is_one_line_for_every_command(tmp_path):
+    import json
+
+    runner = CliRunner()
+    store = tmp_path / "S"
+    assert runner.invoke(cli.main, ["export", "shapes:n=32,size=8,seed=1", str(store)]).exit_code == 0
+    manifest = json.loads((store / "manifest.json").read_text())
+    del manifest["splits"]["train"]["shards"][0]["sha256"]
+    (store / "manifest.json").write_text(json.dumps(manifest))
+    for args in (["inspect", str(store)], ["inspect", str(store), "--verify"],
+                 ["train", str(store), "--epochs", "1", "--out", str(tmp_path / "v"), "--quiet"]):
+        result = runner.invoke(cli.main, args)
+        assert result.exit_code == 1 and "Traceback" not in result.output, (args, result.output)
+        assert "sha256" in result.output and len(result.output.strip().splitlines()) == 1, (args, result.output)
