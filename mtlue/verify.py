@@ -166,7 +166,7 @@ def check_unseen_test_split(protected: Source, clean: Source) -> None:
         recorded = ((getattr(protected, "manifest", None) or {}).get("source") or {}).get("spec")
         raise ConfigError(f"--clean {_spec(clean)}: not the source the store was made from ({recorded or 'unknown'}); "
                           f"its content digest differs, so its test split may overlap the protected train split. "
-                          f"Pass the SOURCE (and --seed) the store was protected from")
+                          f"Pass the SOURCE the store was protected from, or the clean store exported from it")
     train_index = protected.index_array("train")
     test_index = clean.index_array("test")
     overlap = np.intersect1d(train_index, test_index)
