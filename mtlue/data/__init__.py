@@ -1,7 +1,8 @@
 """Multi-task data sources and the registry keyed by SOURCE spec strings.
 
 Spec strings: `digits` · `shapes[:n=…,size=…,seed=…]` · `folder:PATH` · `celeba:PATH` ·
-`utkface:PATH` · `chestxray14:PATH` · `nyuv2:PATH` · a path to an mtlue store.
+`utkface:PATH` · `chestxray14:PATH` · `nyuv2:PATH` · a path to an mtlue store · a path to an mtlue
+release (image folder, WebDataset or Parquet, written by `mtlue release`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ SOURCES = {
     "utkface": "mtlue.data.utkface:UTKFaceSource",
     "chestxray14": "mtlue.data.chestxray14:ChestXray14Source",
     "shards": "mtlue.data.shards:ShardSource",
+    "release": "mtlue.data.release:ReleaseSource",
 }
 
 
@@ -29,12 +31,16 @@ def source_class(name: str):
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
-    """Split `name[:arg]` into (name, arg); a directory holding manifest.json is a store."""
+    """Split `name[:arg]` into (name, arg); a directory holding manifest.json is a store, one holding
+    release.json a release."""
     if os.path.isfile(os.path.join(spec, "manifest.json")):
         return "shards", spec
+    if os.path.isfile(os.path.join(spec, "release.json")):
+        return "release", spec
     name, _, arg = spec.partition(":")
     if name not in SOURCES and (os.sep in spec or os.path.exists(spec)):
-        raise SourceError(f"{spec}: not a known source and not an mtlue store (no manifest.json)")
+        raise SourceError(f"{spec}: not a known source, not an mtlue store (no manifest.json) "
+                          "and not a release (no release.json)")
     return name, (arg or None)
 
 
