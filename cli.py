@@ -43,7 +43,8 @@ def main():
     """mtlue: make a multi-task image dataset unlearnable (MTL-UE) and prove it.
 
     SOURCE strings: digits · shapes[:n=…,size=…,seed=…] · folder:PATH · celeba:PATH ·
-    utkface:PATH · chestxray14:PATH · a path to an mtlue store.
+    utkface:PATH · chestxray14:PATH · a path to an mtlue store · a path to a release
+    (written by `mtlue release`).
     """
 
 
@@ -106,10 +107,18 @@ def export(source, store, shard_size, overwrite, resume, seed, workers, quiet):
               help="Check every shard's sha256, schema, counts and index ranges; exit 1 naming a bad shard.")
 @reports_errors
 def inspect_store(store, verify):
-    """Show what an mtlue store holds: splits, shards, tasks and class balance, protection record."""
+    """Show what an mtlue store or release holds: splits, shards, tasks and class balance, protection
+    record; warn when images lost protection-relevant fidelity (JPEG files, other sizes)."""
+    from mtlue.data import parse_spec
+    from mtlue.data.release import fidelity_warnings
     from mtlue.store import verify_store
     from mtlue.store.describe import describe_store
 
+    for line in fidelity_warnings(store):
+        click.echo(f"warning: {line}", err=True)
+    if parse_spec(store)[0] == "release":
+        _inspect_release(store, verify)
+        return
     summary = verify_store(store) if verify else None  # before reading labels: a damaged shard is named
     info = describe_store(store)
     h, w, c = info["image_shape"]
@@ -145,6 +154,26 @@ def inspect_store(store, verify):
         click.echo(f"\nverified     {shards} shards OK ({', '.join(summary['checks'])})")
 
 
+def _inspect_release(path: str, verify: bool) -> None:
+    from mtlue.data.release import ReleaseSource, verify_release
+
+    summary = verify_release(path) if verify else None
+    release = ReleaseSource(path)
+    h, w, c = release.image_shape
+    click.echo(f"release      {path} ({release.format})")
+    click.echo(f"image shape  {h}x{w}x{c} uint8 (H x W x C), PNG")
+    protection = release.protection
+    click.echo("protection" + ("" if protection else "   none (clean)"))
+    for key, value in (protection or {}).items():
+        click.echo(f"  {key:<22} {_short_value(value)}")
+    verification = release.release.get("verification")
+    click.echo(f"verification {_short_value(verification) if verification else 'none: run mtlue verify'}")
+    for split in release.splits():
+        click.echo(f"{split:<10}{release.size(split):>10} samples")
+    if summary is not None:
+        click.echo(f"\nverified     {summary['files']} files OK (SHA256SUMS)")
+
+
 def _short_value(value, width: int = 72) -> str:
     """One line for a manifest value: long lists as their length, nested values as truncated JSON."""
     import json
@@ -155,19 +184,50 @@ def _short_value(value, width: int = 72) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+@main.command()
+@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["imagefolder", "webdataset", "parquet"]), default="imagefolder",
+              show_default=True, help="imagefolder: PNGs + metadata.csv (Hugging Face `datasets`); webdataset: tar "
+                                      "shards; parquet: PNG bytes in Parquet.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing release in OUT.")
+@reports_errors
+def release(store, out, fmt, overwrite):
+    """Publish STORE as OUT in a format people load: the stored bytes as PNG (lossless), labels with
+    missing ones empty, SHA256SUMS, a dataset card (README.md) and Croissant metadata (croissant.json).
+
+    Never re-encode the release as JPEG or resize it: that removes the protection.
+    """
+    import time
+
+    from mtlue.release import release_store
+
+    started = time.perf_counter()
+    record = release_store(store, out, fmt, overwrite=overwrite)
+    counts = ", ".join(f"{split} {info['count']}" for split, info in record["splits"].items())
+    click.echo(f"wrote {out} ({fmt}: {counts} samples, README.md, croissant.json, SHA256SUMS; "
+               f"{time.perf_counter() - started:.1f} s)")
+
+
 # ---- victim training (train) ------------------------------------------------------------
 
 _NO_CHECK_HELP = "Do not re-check store shards' sha256 against their manifests before training (faster; trusts the bytes)."
 
 
 def _check_stores(*specs, check: bool = True) -> None:
-    """Verify every store among `specs` (sha256 of each shard against its manifest) before it is used."""
+    """Verify every store or release among `specs` (sha256 of each file against its manifest or
+    SHA256SUMS) before it is used."""
     from mtlue.data import parse_spec
     from mtlue.store import verify_store
 
+    from mtlue.data.release import verify_release
+
     for spec in specs:
-        if check and spec and parse_spec(spec)[0] == "shards":
+        kind = parse_spec(spec)[0] if check and spec else None
+        if kind == "shards":
             verify_store(spec)
+        elif kind == "release":
+            verify_release(spec)
 
 
 BINARY_METRICS = ("balanced_accuracy", "auc")  # mtlue.metrics.BINARY_METRICS (not imported: keeps --help light)
@@ -505,7 +565,7 @@ def verify(store, clean_spec, profiles, weightings, stl, seeds, defenses, defens
     from mtlue.profiles import STL_ROW, build_profiles, check_weightings, parse_profile_spec
     from mtlue.report import format_verdict_text
     from mtlue.runtime import resolve_device
-    from mtlue.store import update_manifest, verify_store
+    from mtlue.store import update_manifest
     from mtlue.train import TrainConfig
     from mtlue.verdict import VerdictRules
     from mtlue.verify import VerifyConfig, run_verification, verification_summary
@@ -527,12 +587,13 @@ def verify(store, clean_spec, profiles, weightings, stl, seeds, defenses, defens
         defense_weightings=check_weightings(_split_names(defense_weightings), "--defense-weightings")
         if defense_weightings else None,
         defense_profiles=_split_names(defense_profiles) if defense_profiles else None, rules=rules)
-    verify_store(store)
+    _check_stores(store)  # STORE is always checked: it is what is judged
     _check_stores(clean_spec, check=not no_check_store)
     protected, clean = open_source(store), open_source(clean_spec)
     out_dir = out_dir or os.path.normpath(store) + ".verify"
     result = run_verification(protected, clean, config, out_dir, torch_device, progress=not quiet, jobs=jobs)
-    update_manifest(store, "verification", verification_summary(result))
+    if getattr(protected, "store_dir", None):  # a release keeps its bytes: the summary is in OUT only
+        update_manifest(store, "verification", verification_summary(result))
     click.echo(format_verdict_text(result))
     click.echo(f"report: {os.path.join(out_dir, 'report.md')}")
     _verdict_exit(result)
