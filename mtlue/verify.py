@@ -161,7 +161,10 @@ def _spec(source: Source) -> str:
 
 def check_unseen_test_split(protected: Source, clean: Source) -> None:
     """Refuse a test split that is not the held-out split of the source the store was made from."""
-    made_from, given = protected.origin_content(), clean.origin_content()
+    # the layout (indices, labels, file names) survives copying the data; older stores record only the content
+    made_from, given = protected.origin_layout(), clean.origin_layout()
+    if made_from is None or given is None:
+        made_from, given = protected.origin_content(), clean.origin_content()
     if made_from is not None and given is not None and made_from != given:
         recorded = ((getattr(protected, "manifest", None) or {}).get("source") or {}).get("spec")
         raise ConfigError(f"--clean {_spec(clean)}: not the source the store was made from ({recorded or 'unknown'}); "

@@ -46,7 +46,26 @@ def test_overlapping_train_and_test_indices_are_refused_with_the_count(tmp_path)
 def test_a_test_split_from_other_data_is_refused(tmp_path):
     store = store_of(tmp_path, Numbered())
     with pytest.raises(ConfigError, match="not the source the store was made from"):
-        check_victim_inputs(store, Numbered(shift=1))  # same ids and labels, other pixels
+        check_victim_inputs(store, Numbered(test_start=2000))  # other test samples
+
+
+def test_a_copy_of_the_source_folder_is_still_the_same_source(tmp_path):
+    import shutil
+
+    from PIL import Image
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = ["file,smiling,split"]
+    for k in range(12):
+        Image.new("RGB", (8, 8), (20 * k, 100, 200 - 10 * k)).save(data / f"{k}.png")
+        rows.append(f"{k}.png,{k % 2},{'test' if k % 4 == 0 else 'train'}")
+    (data / "labels.csv").write_text("\n".join(rows) + "\n")
+    store = str(tmp_path / "store")
+    export_source(open_source(f"folder:{data}"), store, shard_size=8, progress=False)
+    copy = tmp_path / "copy"
+    shutil.copytree(data, copy)  # new modification times, same files
+    check_victim_inputs(open_source(store), open_source(f"folder:{copy}"))
 
 
 def test_cli_verify_refuses_before_training_anything(tmp_path):

@@ -171,10 +171,11 @@ class Source:
         parts = [batch.index for batch in self.batches(split, 1024)]
         return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
-    def content_digest(self) -> str:
-        """sha256 over what identifies the data: tasks, and per split the sample indices, labels and
-        masks, plus `image_digest`. Cached on the instance; stages and victims fingerprint it."""
-        cached = getattr(self, "_content_digest", None)
+    def layout_digest(self) -> str:
+        """sha256 over which samples the data holds, without their pixels: tasks, image shape, and per
+        split the sample indices, labels and masks, plus `sample_names` (an image folder's file names).
+        It survives copying the data elsewhere; `verify` compares it to tell the same source. Cached."""
+        cached = getattr(self, "_layout_digest", None)
         if cached is None:
             digest = hashlib.sha256(repr([t.to_json() for t in self.tasks]).encode())
             digest.update(repr(tuple(self.image_shape)).encode())
@@ -186,8 +187,20 @@ class Source:
                     digest.update(task.name.encode())
                     digest.update(np.ascontiguousarray(labels).tobytes())
                     digest.update(np.ascontiguousarray(masks, dtype=bool).tobytes())
-            digest.update(self.image_digest().encode())
-            cached = self._content_digest = digest.hexdigest()
+            digest.update(self.sample_names().encode())
+            cached = self._layout_digest = digest.hexdigest()
+        return cached
+
+    def sample_names(self) -> str:
+        """What names the samples beyond their indices (file names); empty for generated data."""
+        return ""
+
+    def content_digest(self) -> str:
+        """sha256 of `layout_digest` and `image_digest`: what stages and victims fingerprint. Cached."""
+        cached = getattr(self, "_content_digest", None)
+        if cached is None:
+            joined = f"{self.layout_digest()} {self.image_digest()}"
+            cached = self._content_digest = hashlib.sha256(joined.encode()).hexdigest()
         return cached
 
     def image_digest(self) -> str:
@@ -204,9 +217,14 @@ class Source:
         records, None for a store that records none)."""
         return self.content_digest()
 
+    def origin_layout(self) -> str | None:
+        """The layout digest of the original data (a store or release: the one it records)."""
+        return self.layout_digest()
+
     def origin_record(self) -> dict:
         """What a store's manifest records about the data it was written from (`source`)."""
-        return {"name": self.name, "spec": getattr(self, "spec", None) or self.name, "content": self.origin_content()}
+        return {"name": self.name, "spec": getattr(self, "spec", None) or self.name, "content": self.origin_content(),
+                "layout": self.origin_layout()}
 
     def identity(self) -> dict:
         """The data's identity for fingerprints: the spec it was opened with and its content digest."""

@@ -106,6 +106,9 @@ class ImageFileSource(Source):
         self.check_split(split)
         return self.split_rows[split].copy()
 
+    def sample_names(self) -> str:
+        return "\n".join(self.files)
+
     def image_digest(self) -> str:
         """Every listed file's name, size and modification time (no pixel is decoded), plus the size
         images are read at; a replaced or edited image changes it."""

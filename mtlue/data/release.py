@@ -266,9 +266,13 @@ class ReleaseSource(Source):
     def origin_content(self) -> str | None:
         return (self.release.get("source") or {}).get("content")
 
+    def origin_layout(self) -> str | None:
+        return (self.release.get("source") or {}).get("layout")
+
     def origin_record(self) -> dict:
         recorded = self.release.get("source") or {}
         return {**recorded, "name": recorded.get("name", self.name), "content": self.origin_content(),
+                "layout": self.origin_layout(),
                 "release": getattr(self, "spec", None) or self.release_dir}
 
     # ---- metadata --------------------------------------------------------------------------

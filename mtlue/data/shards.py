@@ -125,9 +125,13 @@ class ShardSource(Source):
     def origin_content(self) -> str | None:
         return (self.manifest.get("source") or {}).get("content")
 
+    def origin_layout(self) -> str | None:
+        return (self.manifest.get("source") or {}).get("layout")
+
     def origin_record(self) -> dict:
         recorded = self.manifest.get("source") or {}
         return {**recorded, "name": recorded.get("name", self.name), "content": self.origin_content(),
+                "layout": self.origin_layout(),
                 "store": getattr(self, "spec", None) or self.store_dir}
 
     def label_array(self, split: str, task: str) -> tuple[np.ndarray, np.ndarray]:
