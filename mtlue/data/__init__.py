@@ -17,6 +17,7 @@ from mtlue.registry import load_registered
 SOURCES = {
     "digits": "mtlue.data.digits:DigitsSource",
     "shapes": "mtlue.data.shapes:ShapesSource",
+    "photos": "mtlue.data.photos:PhotosSource",
     "folder": "mtlue.data.folder:FolderSource",
     "celeba": "mtlue.data.celeba:CelebASource",
     "utkface": "mtlue.data.utkface:UTKFaceSource",
