@@ -436,10 +436,10 @@ def attack(model_path, data, objective, attack_name, epsilon, alpha, steps, batc
     MODEL is a checkpoint written by `mtlue train`; DATA a SOURCE spec or store. Reports per task the
     clean and adversarial accuracy (MAE for regression), the relative change and its mean over tasks.
     """
-    import json
 
     from mtlue.attacks import build_attack
-    from mtlue.attacks.evaluate import evaluate_attack, format_report, json_ready
+    from mtlue.attacks.evaluate import evaluate_attack, format_report
+    from mtlue.jsonio import write_json
     from mtlue.data import open_source
     from mtlue.errors import ConfigError
     from mtlue.models import load_checkpoint
@@ -474,8 +474,7 @@ def attack(model_path, data, objective, attack_name, epsilon, alpha, steps, batc
     report.update({"model": str(model_path), "data": data, "seed": seed})
     click.echo(format_report(report))
     if out_path:
-        with open(out_path, "w") as handle:
-            json.dump(json_ready(report), handle, indent=2, allow_nan=False)
+        write_json(out_path, report)
         click.echo(f"wrote {out_path}")
 
 

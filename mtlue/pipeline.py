@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 
 from mtlue.errors import ConfigError
 from mtlue.recipe import DEFAULT_SEEDS, Recipe, build_config, check_value
+from mtlue.weighting import PAPER_WEIGHTINGS
 from mtlue.stages import Stage, fingerprint, read_json
 
 STAGES = ("surrogate", "generator", "shards", "victims", "report")
@@ -55,7 +56,6 @@ def plan_run(recipe: Recipe, runs_dir: str = "runs") -> RunPlan:
     """Turn recipe tables into configs; unknown keys raise ConfigError naming the table and key."""
     from mtlue.protect.base import ProtectConfig, SurrogateConfig
     from mtlue.train import TrainConfig
-    from mtlue.verify import VerifyConfig
 
     where = recipe.path
     surrogate_table = dict(recipe.surrogate)
@@ -90,26 +90,27 @@ def plan_verification(recipe: Recipe):
     rules = build_config(VerdictRules, recipe.verify, f"{where} [verify]")
     base = build_config(TrainConfig, recipe.victim_settings(), f"{where} [victims]", seed=recipe.seed,
                         binary_metric=rules.binary_metric)
-    weightings = check_weightings(check_value(f"{where} [victims]", "weightings", recipe.weightings, ()),
-                                  f"{where} [victims] weightings")
-    if check_value(f"{where} [victims]", "stl", table.get("stl", False), False) and STL_ROW not in weightings:
+    section = f"{where} [victims]"
+
+    def grid(key: str, default):
+        """A grid key's value, type-checked (a list unless `default` is a bool); None when absent."""
+        value = table.get(key, default)
+        return None if value is None else check_value(section, key, value, default if isinstance(default, bool) else ())
+
+    weightings = check_weightings(grid("weightings", PAPER_WEIGHTINGS), f"{section} weightings")
+    if grid("stl", False) and STL_ROW not in weightings:
         weightings = weightings + (STL_ROW,)
     profiles = table.get("profiles", [])
     if not isinstance(profiles, list) or not all(isinstance(p, dict) for p in profiles):
         raise ConfigError(f"{where}: [victims] profiles must be [[victims.profiles]] tables")
-    profiles = build_profiles(profiles, base, weightings, f"{where} [victims]")
-    defense_weightings = table.get("defense_weightings")
-    if defense_weightings is not None:
-        defense_weightings = check_weightings(check_value(f"{where} [victims]", "defense_weightings",
-                                                          defense_weightings, ()), f"{where} [victims] defense_weightings")
-    defense_profiles = table.get("defense_profiles")
+    profiles = build_profiles(profiles, base, weightings, section)
+    defense_weightings = grid("defense_weightings", None)
     try:
         return VerifyConfig(
-            profiles=profiles, seeds=check_value(f"{where} [victims]", "seeds", table.get("seeds", DEFAULT_SEEDS), ()),
-            defenses=check_value(f"{where} [victims]", "defenses", recipe.defenses, ()),
-            defense_weightings=defense_weightings,
-            defense_profiles=None if defense_profiles is None else check_value(f"{where} [victims]", "defense_profiles",
-                                                                               defense_profiles, ()),
+            profiles=profiles, seeds=grid("seeds", DEFAULT_SEEDS),
+            defenses=grid("defenses", ("none",)), defense_profiles=grid("defense_profiles", None),
+            defense_weightings=None if defense_weightings is None
+            else check_weightings(defense_weightings, f"{section} defense_weightings"),
             rules=rules)
     except ConfigError as exc:
         raise ConfigError(f"{where} [victims]: {exc}") from None

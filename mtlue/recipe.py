@@ -28,7 +28,6 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from mtlue.errors import ConfigError
-from mtlue.weighting import PAPER_WEIGHTINGS
 
 TOP_KEYS = {"name", "source", "seed", "description", "surrogate", "protect", "store", "victims", "verify"}
 VICTIM_GRID_KEYS = {"weightings", "defenses", "defense_weightings", "defense_profiles", "profiles", "seeds", "stl"}
@@ -51,18 +50,6 @@ class Recipe:
     store: dict = field(default_factory=dict)
     victims: dict = field(default_factory=dict)
     verify: dict = field(default_factory=dict)
-
-    @property
-    def weightings(self) -> tuple:
-        return tuple(self.victims.get("weightings", PAPER_WEIGHTINGS))
-
-    @property
-    def defenses(self) -> tuple:
-        return tuple(self.victims.get("defenses", ("none",)))
-
-    @property
-    def defense_weightings(self) -> tuple:
-        return tuple(self.victims.get("defense_weightings", self.weightings))
 
     @property
     def shard_size(self) -> int:

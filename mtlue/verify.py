@@ -120,6 +120,13 @@ def victim_params(config: VerifyConfig, victim: VictimSpec, train_data: Source, 
             "defense": victim.defense}
 
 
+def finished_history(run_dir: str, victim: VictimSpec, params: dict) -> dict | None:
+    """The victim's metrics.json when its stage finished with this fingerprint, else None."""
+    stage = Stage(run_dir, victim.label, fingerprint(params))
+    path = stage.file("metrics.json")
+    return read_json(path) if stage.is_done() and os.path.isfile(path) else None
+
+
 def train_victim(run_dir: str, victim: VictimSpec, params: dict, config: VerifyConfig, train_data: Source,
                  test_data: Source, device, progress: bool) -> dict:
     """Train (or reuse, when its fingerprint matches) one victim; returns its history (metrics.json)."""
@@ -128,10 +135,10 @@ def train_victim(run_dir: str, victim: VictimSpec, params: dict, config: VerifyC
     from mtlue.defenses import build_defense
     from mtlue.train import train_model
 
+    finished = finished_history(run_dir, victim, params)
+    if finished is not None:
+        return finished
     stage = Stage(run_dir, victim.label, fingerprint(params))
-    metrics_path = stage.file("metrics.json")
-    if stage.is_done() and os.path.isfile(metrics_path):
-        return read_json(metrics_path)
     train = _victim_config(config, victim)
     stage.begin(params)
     started = time.perf_counter()
@@ -141,7 +148,7 @@ def train_victim(run_dir: str, victim: VictimSpec, params: dict, config: VerifyC
     result = train_model(train, train_data.dataset("train"), test_data.dataset("test"), train_data.tasks, device,
                          out_dir=stage.path, defense=hook, progress=progress)
     stage.finish(params, {"mean": result.history.get("mean")}, time.perf_counter() - started)
-    return read_json(metrics_path)
+    return read_json(stage.file("metrics.json"))  # as written (NaN as null), like a reused victim
 
 
 def _train_in_worker(threads: int, *args) -> dict:
@@ -192,17 +199,13 @@ def train_victim_grid(protected: Source, clean: Source, config: VerifyConfig, vi
                       progress: bool = True, jobs: int = 1) -> list:
     """Train every clean reference and protected victim (each resumable); returns the VictimRows."""
     check_victim_inputs(protected, clean)
-    victims = config.clean_victims() + config.protected_victims()
-    work = []
-    for victim in victims:
+    histories, pending = {}, []
+    for victim in config.clean_victims() + config.protected_victims():
         train_data = clean if victim.role == "clean" else protected
-        work.append((victim, victim_params(config, victim, train_data, clean), train_data))
-    histories = {}
-    pending = []
-    for victim, params, train_data in work:
-        stage = Stage(victims_dir, victim.label, fingerprint(params))
-        if stage.is_done() and os.path.isfile(stage.file("metrics.json")):
-            histories[victim.label] = read_json(stage.file("metrics.json"))
+        params = victim_params(config, victim, train_data, clean)
+        finished = finished_history(victims_dir, victim, params)
+        if finished is not None:
+            histories[victim.label] = finished
         else:
             pending.append((victim, params, train_data))
     if jobs > 1 and len(pending) > 1 and getattr(device, "type", str(device)) == "cpu":

@@ -7,8 +7,6 @@ the second run ship the first run's perturbation.
 
 import json
 
-import numpy as np
-import pytest
 import torch
 
 from mtlue.data import open_source

@@ -105,17 +105,6 @@ def evaluate_attack(model, source, attack, split: str = "test", batch_size: int 
     }
 
 
-def json_ready(value):
-    """The report with NaN/inf floats as None, so the written JSON is strict."""
-    if isinstance(value, dict):
-        return {k: json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
-
-
 def format_report(report: dict) -> str:
     """The report as a plain-text table: task, metric, clean, adversarial, relative change."""
     lines = [

@@ -212,19 +212,29 @@ class Source:
                 digest.update(np.ascontiguousarray(batch.images).tobytes())
         return digest.hexdigest()
 
+    def recorded_origin(self) -> dict | None:
+        """For data mtlue wrote (a store, a release): the `source` record of the data it was made from;
+        None for original data, which is its own origin."""
+        return None
+
     def origin_content(self) -> str | None:
-        """The content digest of the original data this source holds (a store: the one its manifest
-        records, None for a store that records none)."""
-        return self.content_digest()
+        """The content digest of the original data (a store or release: the one it records, if any)."""
+        recorded = self.recorded_origin()
+        return self.content_digest() if recorded is None else recorded.get("content")
 
     def origin_layout(self) -> str | None:
-        """The layout digest of the original data (a store or release: the one it records)."""
-        return self.layout_digest()
+        """The layout digest of the original data (a store or release: the one it records, if any)."""
+        recorded = self.recorded_origin()
+        return self.layout_digest() if recorded is None else recorded.get("layout")
 
     def origin_record(self) -> dict:
         """What a store's manifest records about the data it was written from (`source`)."""
-        return {"name": self.name, "spec": getattr(self, "spec", None) or self.name, "content": self.origin_content(),
-                "layout": self.origin_layout()}
+        spec = getattr(self, "spec", None) or self.name
+        recorded = self.recorded_origin()
+        if recorded is None:
+            return {"name": self.name, "spec": spec, "content": self.origin_content(), "layout": self.origin_layout()}
+        return {**recorded, "name": recorded.get("name", self.name), "content": self.origin_content(),
+                "layout": self.origin_layout(), "copied_from": spec}
 
     def identity(self) -> dict:
         """The data's identity for fingerprints: the spec it was opened with and its content digest."""

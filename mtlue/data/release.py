@@ -263,17 +263,8 @@ class ReleaseSource(Source):
         """The release's identity: sha256 of SHA256SUMS, which covers every file (no image is read)."""
         return self._digest
 
-    def origin_content(self) -> str | None:
-        return (self.release.get("source") or {}).get("content")
-
-    def origin_layout(self) -> str | None:
-        return (self.release.get("source") or {}).get("layout")
-
-    def origin_record(self) -> dict:
-        recorded = self.release.get("source") or {}
-        return {**recorded, "name": recorded.get("name", self.name), "content": self.origin_content(),
-                "layout": self.origin_layout(),
-                "release": getattr(self, "spec", None) or self.release_dir}
+    def recorded_origin(self) -> dict:
+        return self.release.get("source") or {}
 
     # ---- metadata --------------------------------------------------------------------------
 

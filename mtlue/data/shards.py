@@ -122,17 +122,8 @@ class ShardSource(Source):
             digest.update(" ".join(str(s.get("sha256")) for s in record["shards"]).encode())
         return digest.hexdigest()
 
-    def origin_content(self) -> str | None:
-        return (self.manifest.get("source") or {}).get("content")
-
-    def origin_layout(self) -> str | None:
-        return (self.manifest.get("source") or {}).get("layout")
-
-    def origin_record(self) -> dict:
-        recorded = self.manifest.get("source") or {}
-        return {**recorded, "name": recorded.get("name", self.name), "content": self.origin_content(),
-                "layout": self.origin_layout(),
-                "store": getattr(self, "spec", None) or self.store_dir}
+    def recorded_origin(self) -> dict:
+        return self.manifest.get("source") or {}
 
     def label_array(self, split: str, task: str) -> tuple[np.ndarray, np.ndarray]:
         self.check_split(split)

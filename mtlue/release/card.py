@@ -159,7 +159,7 @@ def _files(release: dict) -> list:
     if fmt == "webdataset":
         shards = len(release["splits"].get("train", {}).get("files", [])) or 1
         snippet = snippet % (shards - 1)
-    return [f"- `release.json`: the machine-readable record (tasks, splits, protection, verification).",
+    return ["- `release.json`: the machine-readable record (tasks, splits, protection, verification).",
             "- `croissant.json`: MLCommons Croissant 1.0 metadata.",
             "- `SHA256SUMS`: sha256 of every file.",
             *[f"- `{split}/`: {record['count']} samples in {len(record['files'])} file(s)"

@@ -130,10 +130,7 @@ class StoreWriter:
             self._remove_unfinished_files()
             return
         if overwrite:
-            if os.path.islink(d):
-                raise StoreError(f"{d}: is a symbolic link; --overwrite replaces only a real store directory "
-                                 f"(give {os.path.realpath(d)} itself)")
-            self._store_entries()  # refuses foreign files and links before anything is written
+            check_output_dir(d, overwrite=True)  # refuses a link, foreign files or links before anything is written
             self._staging = self._make_staging()
             self.write_dir = self._staging
             return
@@ -197,13 +194,10 @@ class StoreWriter:
         self._release_staging_lock()
         _remove_old_store(old)
 
-    def _store_entries(self) -> list:
-        return store_entries(self.store_dir)
-
     def _remove_unfinished_files(self) -> None:
         """Before a resume: remove the manifest (first, so no reader takes the directory for complete)
         and every tmp file; finished shards stay."""
-        entries = self._store_entries()
+        entries = store_entries(self.store_dir)
         manifest = os.path.join(self.store_dir, MANIFEST_NAME)
         if os.path.exists(manifest):
             os.remove(manifest)
@@ -213,7 +207,7 @@ class StoreWriter:
 
     def _check_resumable(self) -> None:
         """resume=True continues only a store of the same tasks and image shape."""
-        for path in self._store_entries():
+        for path in store_entries(self.store_dir):
             if not (path.endswith(".h5") and os.path.basename(path).startswith("shard-")):
                 continue
             try:
