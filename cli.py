@@ -349,6 +349,9 @@ def train(data, test_spec, weighting, backbone, epochs, batch_size, lr, optimize
               help="Use this trained generator checkpoint; skip generator training.")
 @click.option("--generator-width", type=int, default=16, show_default=True,
               help="Generator stem channels (paper 64); smaller is faster on CPU.")
+@click.option("--generator-stem", type=click.Choice(["auto", "cifar", "imagenet"]), default="auto", show_default=True,
+              help="Generator encoder stem: cifar (3x3, the reference's for CelebA and UTKFace), imagenet "
+                   "(7x7/2 + maxpool, its ChestX-ray14 one), auto (the source's; folders: imagenet from 224 px).")
 @click.option("--samples-per-epoch", type=int, default=0, show_default=True,
               help="Samples per generator outer iteration (0 = the whole train split, as the paper).")
 @click.option("--surrogate-backbone", default="small_cnn", show_default=True)
@@ -379,7 +382,8 @@ def train(data, test_spec, weighting, backbone, epochs, batch_size, lr, optimize
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @reports_errors
 def protect(source, store, method, base, epsilon, epochs, batch_size, lr, lambda_intra, lambda_inter, protect_tasks,
-            poison_rate, surrogate_path, generator_path, generator_width, samples_per_epoch, clamp_inputs, surrogate_backbone, surrogate_epochs, surrogate_steps, augment,
+            poison_rate, surrogate_path, generator_path, generator_width, generator_stem, samples_per_epoch, clamp_inputs,
+            surrogate_backbone, surrogate_epochs, surrogate_steps, augment,
             objective, steps, fusion, norm, seed, device, work_dir, shard_size, overwrite, quiet):
     """Make the train split of SOURCE unlearnable and write it as a store at STORE.
 
@@ -397,7 +401,8 @@ def protect(source, store, method, base, epsilon, epochs, batch_size, lr, lambda
                            poison_rate=poison_rate, seed=seed, surrogate_path=surrogate_path,
                            generator_path=generator_path,
                            surrogate=SurrogateConfig(backbone=surrogate_backbone, epochs=surrogate_epochs),
-                           generator_width=generator_width, samples_per_epoch=samples_per_epoch,
+                           generator_width=generator_width, generator_stem=generator_stem,
+                           samples_per_epoch=samples_per_epoch,
                            clamp_inputs=clamp_inputs,
                            surrogate_steps=surrogate_steps, augment=augment, objective=objective, steps=steps,
                            fusion=fusion, norm=norm, work_dir=work_dir)

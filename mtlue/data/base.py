@@ -115,6 +115,9 @@ class Source:
     image_shape: tuple = (0, 0, 0)
     spec_help: str = ""  # e.g. "celeba:PATH", shown by `mtlue datasets`
     summary: str = ""  # one line: what the source is and how it splits
+    # the MTL-UE generator's encoder stem under --generator-stem auto: "cifar" | "imagenet";
+    # None (folders, stores, releases): by image size, mtlue.models.generator.stem_for_size
+    generator_stem: str | None = None
 
     @classmethod
     def from_spec(cls, arg: str | None, seed: int | None = None) -> "Source":

@@ -77,6 +77,7 @@ class CelebASource(ImageFileSource):
     """CelebA aligned faces, 40 binary attributes; images read lazily, centre-cropped 140 → 70 px."""
 
     name = "celeba"
+    generator_stem = "cifar"  # the reference CelebA config: imagenet False (3x3 stem, S = 35 at 70 px)
     spec_help = "celeba:PATH"
     summary = ("CelebA official layout (img_align_celeba/, list_attr_celeba.txt, list_eval_partition.txt); "
                "40 binary attributes; train = partition 0, test = partition 2; centre-crop 140 -> 70x70 RGB")

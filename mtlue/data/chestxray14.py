@@ -66,6 +66,7 @@ class ChestXray14Source(ImageFileSource):
     """ChestX-ray14 with its 14 findings as binary tasks; 256×256 grayscale; official split lists."""
 
     name = "chestxray14"
+    generator_stem = "imagenet"  # the reference ChestX-ray14 config: imagenet True (S = 32 at 256 px)
     spec_help = "chestxray14:PATH"
     summary = ("NIH ChestX-ray14 official layout (images/, Data_Entry_2017.csv, train_val_list.txt, test_list.txt); "
                "14 binary findings; resized to 256x256 grayscale")

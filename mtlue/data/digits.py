@@ -99,6 +99,7 @@ class DigitsSource(GeneratedSource):
     """Two-digit composites of the scikit-learn digits; test digits are disjoint from train digits."""
 
     name = "digits"
+    generator_stem = "cifar"  # 32 px, CIFAR-sized
     tasks = DIGITS_TASKS
     image_shape = (IMAGE_SIZE, IMAGE_SIZE, 1)
     spec_help = "digits[:n_train=6000,n_test=1000,seed=0]"

@@ -187,6 +187,7 @@ class PhotosSource(GeneratedSource):
     """Patches of eight bundled photographs: photo, orientation, zoom and top-brightness tasks; any n and size."""
 
     name = "photos"
+    generator_stem = "cifar"  # 32 px by default; CIFAR-style at any size (the reference keeps it to 140 px)
     tasks = PHOTOS_TASKS
     spec_help = "photos[:n=6000,size=32,seed=0]"
     summary = (

@@ -113,6 +113,7 @@ class ShapesSource(GeneratedSource):
     """Seeded procedural shapes: shape, colour, size, quadrant and texture tasks; any n and size."""
 
     name = "shapes"
+    generator_stem = "cifar"  # 32 px by default; CIFAR-style at any size (the reference keeps it to 140 px)
     tasks = SHAPES_TASKS
     spec_help = "shapes[:n=2000,size=32,seed=0]"
     summary = (

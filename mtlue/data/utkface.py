@@ -57,6 +57,7 @@ class UTKFaceSource(ImageFileSource):
     """UTKFace faces with age-bin, race and gender tasks; 80/20 seeded split; 140×140 RGB."""
 
     name = "utkface"
+    generator_stem = "cifar"  # the reference UTKFace config: imagenet False (S = 70 at 140 px)
     spec_help = "utkface:PATH"
     summary = ("UTKFace images named age_gender_race_date*.jpg in PATH (or PATH/UTKFace/); "
                "80/20 split by seed over the sorted names; resized to 140x140 RGB")

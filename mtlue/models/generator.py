@@ -1,7 +1,8 @@
 """The MTL-UE perturbation generator δ = clamp(D([e¹_{y¹}; …; e^K_{y^K}; E(x)]), −ε, ε).
 
 Yu et al., "MTL-UE: Learning to Learn Nothing for Multi-Task Learning", ICML 2025, §3 (ResNetDAE):
-E = ResNet-18 stem through layer2 (width 64 → z of 128 channels) (CIFAR 3×3 stem, or ImageNet 7×7/2 + maxpool stem for ≥ 128 px);
+E = ResNet-18 stem through layer2 (width 64 → z of 128 channels) with the CIFAR 3×3 stem (CelebA, UTKFace)
+or the ImageNet 7×7/2 + maxpool stem (ChestX-ray14), as the reference configs' `imagenet` flag;
 one learnable 16×S×S label-prior embedding per (task, class), N(0,1) init; a ConvTranspose /
 InstanceNorm / ReLU decoder back to the input size; a hard clamp to the L∞ budget.
 """
@@ -15,10 +16,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mtlue.data.base import TaskSpec
+from mtlue.errors import ConfigError
 from mtlue.models.mtl import atomic_torch_save
 
 EMBED_CHANNELS = 16
-IMAGENET_STEM_MIN_SIZE = 128
+STEMS = ("cifar", "imagenet")
+# a source that declares no stem gets the ImageNet one from this shorter side on: ImageNet's own
+# crop size; the reference uses it only for 256 px ChestX-ray14, and CIFAR's for 70 and 140 px faces
+IMAGENET_STEM_MIN_SIDE = 224
 
 
 class BasicBlock(nn.Module):
@@ -44,6 +49,25 @@ def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
+def stem_for_size(image_shape) -> str:
+    """The stem for images whose source declares none: "imagenet" from a 224 px shorter side, else "cifar"."""
+    return "imagenet" if min(int(image_shape[0]), int(image_shape[1])) >= IMAGENET_STEM_MIN_SIDE else "cifar"
+
+
+def stem_for_source(source) -> str:
+    """The stem `--generator-stem auto` picks: the source class's `generator_stem`, else `stem_for_size`."""
+    return getattr(source, "generator_stem", None) or stem_for_size(source.image_shape)
+
+
+def resolve_stem(requested: str, source) -> str:
+    """`requested` ("cifar" | "imagenet"), or the source's stem for "auto"."""
+    if requested == "auto":
+        return stem_for_source(source)
+    if requested not in STEMS:
+        raise ConfigError(f"--generator-stem {requested!r}: one of auto, {', '.join(STEMS)}")
+    return requested
+
+
 def encoder_output_size(size: int, imagenet_stem: bool) -> int:
     """Spatial size S of z for an input side `size` (CIFAR stem: ⌈size/2⌉; ImageNet stem: ≈ size/8)."""
     if imagenet_stem:
@@ -57,10 +81,11 @@ class UEGenerator(nn.Module):
 
     `forward(x, labels, masks, protected)` with x float (B,C,H,W) in [0,1], labels {task: (B,)}
     returns δ of the same shape with ‖δ‖∞ ≤ epsilon. A task not in `protected`, or a sample whose
-    label is missing (mask False), gets the mean of that task's class embeddings.
+    label is missing (mask False), gets the mean of that task's class embeddings. `stem` is "cifar"
+    or "imagenet" (None: `stem_for_size`).
     """
 
-    def __init__(self, tasks, image_shape, epsilon: float, imagenet_stem: bool | None = None, width: int = 64):
+    def __init__(self, tasks, image_shape, epsilon: float, stem: str | None = None, width: int = 64):
         super().__init__()
         self.width = int(width)
         w = self.width
@@ -69,16 +94,19 @@ class UEGenerator(nn.Module):
         self.image_shape = (height, width, channels)
         self.epsilon = float(epsilon)
         self.straight_through = True  # training-time gradient of the clamp; see clamp_to_budget
-        self.imagenet_stem = bool(min(height, width) >= IMAGENET_STEM_MIN_SIZE) if imagenet_stem is None else bool(imagenet_stem)
+        self.stem = stem_for_size(self.image_shape) if stem is None else stem
+        if self.stem not in STEMS:
+            raise ConfigError(f"generator stem {self.stem!r}: one of {', '.join(STEMS)}")
+        self.imagenet_stem = self.stem == "imagenet"
         self.class_tasks = tuple(t for t in self.tasks if t.is_classification)
         self.spatial = (encoder_output_size(height, self.imagenet_stem), encoder_output_size(width, self.imagenet_stem))
 
         if self.imagenet_stem:
-            stem = [nn.Conv2d(channels, w, 7, 2, 3, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
-                    nn.MaxPool2d(3, 2, 1)]
+            stem_layers = [nn.Conv2d(channels, w, 7, 2, 3, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
+                           nn.MaxPool2d(3, 2, 1)]
         else:
-            stem = [nn.Conv2d(channels, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
-        self.encoder = nn.Sequential(*stem, BasicBlock(w, w), BasicBlock(w, w),
+            stem_layers = [nn.Conv2d(channels, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
+        self.encoder = nn.Sequential(*stem_layers, BasicBlock(w, w), BasicBlock(w, w),
                                      BasicBlock(w, 2 * w, stride=2), BasicBlock(2 * w, 2 * w))
 
         size = EMBED_CHANNELS * self.spatial[0] * self.spatial[1]
@@ -135,7 +163,7 @@ class UEGenerator(nn.Module):
 
     def build_args(self) -> dict:
         return {"tasks": [t.to_json() for t in self.tasks], "image_shape": list(self.image_shape),
-                "epsilon": self.epsilon, "imagenet_stem": self.imagenet_stem, "width": self.width}
+                "epsilon": self.epsilon, "imagenet_stem": self.imagenet_stem, "stem": self.stem, "width": self.width}
 
 
 def clamp_to_budget(out: torch.Tensor, epsilon: float, straight_through: bool = True) -> torch.Tensor:
@@ -161,12 +189,12 @@ def _fit_size(out: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return out
 
 
-def build_generator(tasks, image_shape, epsilon: float, imagenet_stem: bool | None = None, width: int = 64) -> UEGenerator:
+def build_generator(tasks, image_shape, epsilon: float, stem: str | None = None, width: int = 64) -> UEGenerator:
     """A freshly initialised generator for `tasks` and stored images of `image_shape` (H,W,C).
 
-    `width` is the stem channel count (paper 64 → z has 128 channels); smaller widths trade
-    capacity for CPU time."""
-    return UEGenerator(tasks, image_shape, epsilon, imagenet_stem, width)
+    `stem` is "cifar" or "imagenet" (None: `stem_for_size`); `width` is the stem channel count
+    (paper 64 → z has 128 channels); smaller widths trade capacity for CPU time."""
+    return UEGenerator(tasks, image_shape, epsilon, stem, width)
 
 
 def save_generator(generator: UEGenerator, path: str | Path, meta: dict | None = None) -> None:
@@ -182,8 +210,9 @@ def load_generator(path: str | Path, device: torch.device) -> tuple[UEGenerator,
     blob = load_torch_file(path, map_location=device)
     with checkpoint_errors(path):
         build = blob["build"]
+        stem = build.get("stem") or ("imagenet" if build["imagenet_stem"] else "cifar")  # files before `stem`
         generator = UEGenerator([TaskSpec.from_json(t) for t in build["tasks"]], build["image_shape"],
-                                build["epsilon"], build["imagenet_stem"], build.get("width", 64))
+                                build["epsilon"], stem, build.get("width", 64))
         generator.load_state_dict(blob["state"])
         return generator.to(device), blob.get("meta", {})
 
@@ -194,4 +223,4 @@ def embedding_count(tasks) -> int:
 
 
 __all__ = ["UEGenerator", "build_generator", "save_generator", "load_generator", "encoder_output_size",
-           "embedding_count"]
+           "embedding_count", "resolve_stem", "stem_for_size", "stem_for_source", "STEMS"]

@@ -24,6 +24,7 @@ FUSIONS = ("average", "patch")
 NORMS = ("linf", "l2")
 CLASSWISE_METHODS = ("lsp", "ar")
 AUGMENTS = ("crop_flip", "crop", "none")
+GENERATOR_STEMS = ("auto", "cifar", "imagenet")
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,7 @@ class ProtectConfig:
     stop_error: float = 0.01  # EM: stop when poisoned-train error <= this
     surrogate_steps: int = 10  # EM: surrogate mini-batches per outer iteration (paper 2 per ~300-step pass)
     generator_width: int = 16  # stem channels of the generator (paper: 64; 16 keeps CPU runs at minutes)
+    generator_stem: str = "auto"  # encoder stem: cifar (3x3) | imagenet (7x7/2 + maxpool) | auto (the source's)
     samples_per_epoch: int = 0  # samples per outer iteration (0 = the whole split, as the paper)
     clamp_gradient: str = "straight_through"  # generator: straight_through | zero (the reference code's)
     augment: str = "none"  # EOT before the surrogate: none (mtlue's victims train unaugmented) | crop | crop_flip (paper)
@@ -107,6 +109,8 @@ class ProtectConfig:
             raise ConfigError(f"--poison-rate {self.poison_rate}: must be in [0, 1]")
         if self.clamp_gradient not in ("straight_through", "zero"):
             raise ConfigError(f"--clamp-gradient {self.clamp_gradient!r}: one of straight_through, zero")
+        if self.generator_stem not in GENERATOR_STEMS:
+            raise ConfigError(f"--generator-stem {self.generator_stem!r}: one of {', '.join(GENERATOR_STEMS)}")
         if self.augment not in AUGMENTS:
             raise ConfigError(f"--augment {self.augment!r}: one of {', '.join(AUGMENTS)}")
         if self.epochs < 1:

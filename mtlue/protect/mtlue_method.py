@@ -17,7 +17,7 @@ import torch
 
 from mtlue.data.base import Batch, batch_tensors, item_tensors
 from mtlue.errors import ConfigError
-from mtlue.models.generator import build_generator, load_generator, save_generator
+from mtlue.models.generator import build_generator, load_generator, resolve_stem, save_generator
 from mtlue.models.mtl import atomic_torch_save, checkpoint_errors, load_torch_file
 from mtlue.protect.base import ProtectionMethod, ProtectContext
 from mtlue.protect.objectives import base_error, base_loss
@@ -30,7 +30,7 @@ GENERATOR_FILE = "generator.pt"
 RESUME_KEYS = ("base", "epsilon", "batch_size", "lr", "weight_decay", "milestones", "gamma", "lambda_intra",
                "lambda_inter", "protect_tasks", "seed", "surrogate", "augment", "generator_width", "samples_per_epoch",
                "clamp_inputs", "clamp_gradient", "surrogate_steps", "stop_error",
-               "surrogate_path")
+               "surrogate_path", "generator_stem")  # generator_stem as resolved (never "auto")
 
 
 def make_augment(kind: str, image_shape):
@@ -57,12 +57,14 @@ class MTLUEMethod(ProtectionMethod):
         self.generator = None
         self.history: list[dict] = []
         self.generator_sha256 = None
+        self.stem = None  # "cifar" | "imagenet", resolved from --generator-stem and the source
 
     # -- preparation ------------------------------------------------------------------------
     def prepare(self, context: ProtectContext) -> None:
         super().prepare(context)
         cfg, device = self.config, context.device
         self.protected = context.protected_tasks
+        self.stem = resolve_stem(cfg.generator_stem, context.source)
         final_path = context.work_dir / GENERATOR_FILE
         if cfg.generator_path:
             path = Path(cfg.generator_path)
@@ -70,6 +72,7 @@ class MTLUEMethod(ProtectionMethod):
                 raise ConfigError(f"--generator {path}: no such file")
             self.generator, meta = load_generator(path, device)
             self._check_generator(path)
+            self.stem = self.generator.stem
             self.history = meta.get("history", [])
         else:
             saved, meta = load_generator(final_path, device) if final_path.is_file() else (None, {})
@@ -82,11 +85,13 @@ class MTLUEMethod(ProtectionMethod):
         self.generator_sha256 = weights_sha256(self.generator)
 
     def _fingerprint(self) -> dict:
-        """What a saved generator state must match to be resumed or reused: the settings, the LR
-        schedule actually in force (it depends on the epoch cap), and the data it was trained on."""
+        """What a saved generator state must match to be resumed or reused: the settings (the stem as
+        resolved), the LR schedule actually in force (it depends on the epoch cap), and the data it
+        was trained on."""
         d = self.config.to_json()
         key = {k: d[k] for k in RESUME_KEYS}
-        key.update(schedule=self.config.scaled_milestones(), data=self.context.data_identity())
+        key.update(generator_stem=self.stem, schedule=self.config.scaled_milestones(),
+                   data=self.context.data_identity())
         return json.loads(json.dumps(key))
 
     def _finished_with_these_settings(self, meta: dict) -> bool:
@@ -102,11 +107,15 @@ class MTLUEMethod(ProtectionMethod):
                               f"not this source's")
         if abs(self.generator.epsilon - self.config.eps) > 1e-9:
             raise ConfigError(f"--generator {path}: its ε is {self.generator.epsilon * 255:g}/255, not --epsilon {self.config.epsilon:g}")
+        requested = self.config.generator_stem
+        if requested != "auto" and self.generator.stem != requested:
+            raise ConfigError(f"--generator {path}: built with the {self.generator.stem} stem, "
+                              f"not --generator-stem {requested}")
 
     def _train(self, context: ProtectContext) -> None:
         cfg, device = self.config, context.device
         torch.manual_seed(cfg.seed)
-        generator = build_generator(context.tasks, context.source.image_shape, cfg.eps,
+        generator = build_generator(context.tasks, context.source.image_shape, cfg.eps, self.stem,
                                     width=cfg.generator_width).to(device)
         generator.straight_through = cfg.clamp_gradient == "straight_through"
         optimiser = torch.optim.Adam(generator.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -252,7 +261,7 @@ class MTLUEMethod(ProtectionMethod):
                 "generator_epoch_cap": cfg.epochs, "generator_lr": cfg.lr, "generator_weight_decay": cfg.weight_decay,
                 "generator_milestones": cfg.scaled_milestones(), "augment": cfg.augment,
                 "clamp_inputs": cfg.clamp_inputs, "samples_per_epoch": cfg.samples_per_epoch,
-                "generator_width": cfg.generator_width,
+                "generator_width": cfg.generator_width, "generator_stem": self.stem,
                 "protected_tasks": list(self.protected),
                 "generator_history": self.history[-1:] if self.history else []}
         if cfg.generator_path:

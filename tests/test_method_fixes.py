@@ -1,0 +1,120 @@
+"""Review fixes of the MTL-UE method: the generator's encoder stem, SEP's regulariser weight, one EM surrogate loop."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mtlue.data import open_source
+from mtlue.data.base import Source, TaskSpec
+from mtlue.errors import ConfigError
+from mtlue.models.generator import build_generator, load_generator, resolve_stem, save_generator, stem_for_source
+from mtlue.models.mtl import build_model, save_checkpoint
+from mtlue.protect import em as em_module
+from mtlue.protect import mtlue_method, surrogate
+from mtlue.protect.base import ProtectConfig, ProtectContext, SurrogateConfig
+from mtlue.protect.driver import protect_source
+from mtlue.protect.em import EMMethod
+from mtlue.protect.mtlue_method import MTLUEMethod
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+CPU = torch.device("cpu")
+SPEC = "shapes:n=48,size=16,seed=3"
+PIPELINES = Path(__file__).resolve().parent.parent / "pipelines"
+
+
+@pytest.fixture(scope="module")
+def source():
+    return open_source(SPEC)
+
+
+def tiny_config(**changes):
+    base = dict(method="mtlue", base="em", epochs=1, batch_size=16, generator_width=8, seed=1,
+                surrogate=SurrogateConfig(backbone="small_cnn"), samples_per_epoch=16, surrogate_steps=2)
+    base.update(changes)
+    return ProtectConfig(**base)
+
+
+class SizedSource(Source):
+    """A source class that declares no stem (as a folder): only its image size decides."""
+
+    def __init__(self, height, width):
+        self.image_shape = (height, width, 3)
+
+
+def write_checkpoints(source, folder: Path, epochs=(1, 2)) -> Path:
+    for epoch in epochs:
+        torch.manual_seed(epoch)
+        save_checkpoint(build_model(source.tasks, "small_cnn", 3, 16), folder / f"epoch_{epoch}.pt", {"epoch": epoch})
+    return folder
+
+
+# -- 1. encoder stem -------------------------------------------------------------------------------------
+
+def test_each_source_declares_the_reference_stem_and_others_go_by_size():
+    from mtlue.data import source_class
+
+    declared = {name: source_class(name).generator_stem
+                for name in ("celeba", "utkface", "chestxray14", "digits", "shapes", "photos", "folder")}
+    assert declared == {"celeba": "cifar", "utkface": "cifar", "chestxray14": "imagenet", "digits": "cifar",
+                        "shapes": "cifar", "photos": "cifar", "folder": None}
+    assert stem_for_source(SizedSource(224, 300)) == "imagenet"
+    assert stem_for_source(SizedSource(223, 300)) == "cifar"
+    assert stem_for_source(SizedSource(140, 140)) == "cifar"  # UTKFace-sized, unlike the old 128 px rule
+
+
+def test_an_explicit_stem_wins_over_the_sources_and_a_bad_one_names_the_option(source):
+    assert resolve_stem("auto", source) == "cifar"
+    assert resolve_stem("imagenet", source) == "imagenet"
+    with pytest.raises(ConfigError, match="--generator-stem"):
+        ProtectConfig(generator_stem="vit")
+    from cli import main
+
+    defaults = {p.name: p.default for p in main.commands["protect"].params}
+    assert defaults["generator_stem"] == ProtectConfig().generator_stem == "auto"
+
+
+def test_the_manifest_records_the_resolved_stem_and_the_generator_is_built_with_it(tmp_path, source):
+    auto = protect_source(source, tmp_path / "A", tiny_config(), CPU, progress=False)
+    assert auto["protection"]["generator_stem"] == "cifar"
+    assert auto["protection"]["config"]["generator_stem"] == "auto"  # what was asked, beside what it meant
+    imagenet = protect_source(source, tmp_path / "I", tiny_config(generator_stem="imagenet"), CPU, progress=False)
+    assert imagenet["protection"]["generator_stem"] == "imagenet"
+    assert load_generator(tmp_path / "I.work" / "generator.pt", CPU)[0].stem == "imagenet"
+
+
+def test_a_cached_generator_with_another_stem_is_not_reused(tmp_path, source):
+    work = tmp_path / "work"
+    protect_source(source, tmp_path / "C", tiny_config(generator_stem="cifar"), CPU, work_dir=work, progress=False)
+    assert load_generator(work / "generator.pt", CPU)[0].stem == "cifar"
+    protect_source(source, tmp_path / "I", tiny_config(generator_stem="imagenet"), CPU, work_dir=work, progress=False)
+    assert load_generator(work / "generator.pt", CPU)[0].stem == "imagenet"
+
+    method = MTLUEMethod(tiny_config())
+    method.context, method.stem = ProtectContext(source, tiny_config(), CPU, tmp_path / "key"), "cifar"
+    assert method._fingerprint()["generator_stem"] == "cifar"  # the resume key holds the resolved stem
+    assert "generator_stem" in mtlue_method.RESUME_KEYS
+
+
+def test_a_given_generator_with_another_stem_is_a_config_error(tmp_path, source):
+    path = tmp_path / "g.pt"
+    save_generator(build_generator(source.tasks, source.image_shape, 8 / 255, "imagenet", width=8), path)
+    with pytest.raises(ConfigError, match="imagenet stem, not --generator-stem cifar"):
+        protect_source(source, tmp_path / "P", tiny_config(generator_stem="cifar", generator_path=str(path)), CPU,
+                       progress=False)
+    given = protect_source(source, tmp_path / "Q", tiny_config(generator_path=str(path)), CPU, progress=False)
+    assert given["protection"]["generator_stem"] == "imagenet"  # auto takes the checkpoint's
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in PIPELINES.glob("*.toml")))
+def test_every_recipe_names_its_stem_with_a_reason(recipe):
+    text = (PIPELINES / recipe).read_text()
+    stem = tomllib.loads(text)["protect"].get("generator_stem")
+    assert stem in ("cifar", "imagenet"), recipe
+    line = next(line for line in text.splitlines() if line.startswith("generator_stem"))
+    assert "#" in line and len(line.split("#", 1)[1].strip()) > 10, recipe
