@@ -118,3 +118,43 @@ def test_every_recipe_names_its_stem_with_a_reason(recipe):
     assert stem in ("cifar", "imagenet"), recipe
     line = next(line for line in text.splitlines() if line.startswith("generator_stem"))
     assert "#" in line and len(line.split("#", 1)[1].strip()) > 10, recipe
+
+
+# -- 2. SEP's regulariser weight -------------------------------------------------------------------------
+
+def _objective_gradient(source, tmp_path, members: int) -> torch.Tensor:
+    config = tiny_config(base="sep")
+    method = MTLUEMethod(config)
+    method.context = ProtectContext(source, config, CPU, tmp_path)
+    method.protected = method.context.protected_tasks
+    torch.manual_seed(0)
+    generator = build_generator(source.tasks, source.image_shape, config.eps, "cifar", width=8)
+    torch.manual_seed(1)
+    member = surrogate.freeze(build_model(source.tasks, "small_cnn", 3, 16))
+    batch = next(source.batches("train", 8))
+    from mtlue.data.base import batch_tensors
+
+    x, labels, masks = batch_tensors(batch, CPU)
+    loss, _, _ = method._generator_objective(generator, x, labels, masks, [member] * members, torch.nn.Identity())
+    loss.backward()
+    return torch.cat([p.grad.reshape(-1) for p in generator.parameters() if p.grad is not None])
+
+
+def test_a_three_checkpoint_ensemble_pulls_the_generator_three_times_as_hard_regulariser_included(tmp_path, source):
+    # three copies of one checkpoint: the reference's per-checkpoint backward of loss_m + regulariser gives
+    # exactly 3 x the one-checkpoint gradient; adding the regulariser once would not
+    one = _objective_gradient(source, tmp_path / "1", 1)
+    three = _objective_gradient(source, tmp_path / "3", 3)
+    assert torch.allclose(three, 3 * one, rtol=1e-4, atol=1e-7)
+
+
+def test_the_manifest_records_the_effective_regulariser_weights(tmp_path, source):
+    ckpts = write_checkpoints(source, tmp_path / "ckpts", epochs=(1, 2, 3))
+    sep = protect_source(source, tmp_path / "S", tiny_config(base="sep", surrogate_path=str(ckpts)), CPU,
+                         progress=False)["protection"]
+    assert sep["regulariser_scale"] == 3
+    assert sep["effective_lambda_intra"] == 3 * sep["lambda_intra"]
+    assert sep["effective_lambda_inter"] == 3 * sep["lambda_inter"]
+    assert "regulariser_scale" in sep["regulariser_note"]
+    em = protect_source(source, tmp_path / "E", tiny_config(), CPU, progress=False)["protection"]
+    assert em["regulariser_scale"] == 1 and em["effective_lambda_inter"] == em["lambda_inter"]

@@ -1,7 +1,8 @@
 """MTL-UE: train the label-conditioned generator over an EM / TAP / SEP base loss, then emit δ = G(x, y).
 
 Yu et al., ICML 2025, Algorithm 1 as the released code runs it: per outer iteration one pass of
-generator steps minimising L_b(F(aug(x + G(x,y))), y) + λ_intra·L_intra + λ_inter·L_inter
+generator steps minimising Σ_m [L_b(F_m(aug(x + G(x,y))), y) + λ_intra·L_intra + λ_inter·L_inter]
+over the M surrogates (EM, TAP: M = 1; SEP: its checkpoints, so the regulariser weighs M times)
 (Adam 1e-3, wd 1e-4, MultiStepLR), then (EM only) a few surrogate steps on the poisoned batch
 and a stop test on the poisoned-train error. Every outer iteration is checkpointed atomically.
 """
@@ -31,6 +32,11 @@ RESUME_KEYS = ("base", "epsilon", "batch_size", "lr", "weight_decay", "milestone
                "lambda_inter", "protect_tasks", "seed", "surrogate", "augment", "generator_width", "samples_per_epoch",
                "clamp_inputs", "clamp_gradient", "surrogate_steps", "stop_error",
                "surrogate_path", "generator_stem")  # generator_stem as resolved (never "auto")
+# Rules of the training loop that earlier versions ran otherwise; a state saved under others is retrained.
+LOOP_RULES = {"regulariser": "once per surrogate (SEP: per ensemble member)"}
+REGULARISER_NOTE = ("λ_intra·L_intra + λ_inter·L_inter is added to the base loss of each of the regulariser_scale "
+                    "surrogates (SEP: its checkpoints, as the reference backpropagates it with every checkpoint), "
+                    "so the effective weights are regulariser_scale × λ")
 
 
 def make_augment(kind: str, image_shape):
@@ -58,6 +64,7 @@ class MTLUEMethod(ProtectionMethod):
         self.history: list[dict] = []
         self.generator_sha256 = None
         self.stem = None  # "cifar" | "imagenet", resolved from --generator-stem and the source
+        self.regulariser_scale = None  # surrogates the regulariser is added for (SEP: ensemble size)
 
     # -- preparation ------------------------------------------------------------------------
     def prepare(self, context: ProtectContext) -> None:
@@ -74,23 +81,26 @@ class MTLUEMethod(ProtectionMethod):
             self._check_generator(path)
             self.stem = self.generator.stem
             self.history = meta.get("history", [])
+            self.regulariser_scale = meta.get("regulariser_scale")
         else:
             saved, meta = load_generator(final_path, device) if final_path.is_file() else (None, {})
             if saved is not None and self._finished_with_these_settings(meta):
                 self.generator, self.history = saved, meta.get("history", [])
+                self.regulariser_scale = meta.get("regulariser_scale")
             else:
                 self._train(context)
-                save_generator(self.generator, final_path, {"history": self.history, "fingerprint": self._fingerprint()})
+                save_generator(self.generator, final_path, {"history": self.history, "fingerprint": self._fingerprint(),
+                                                            "regulariser_scale": self.regulariser_scale})
         self.generator.eval()
         self.generator_sha256 = weights_sha256(self.generator)
 
     def _fingerprint(self) -> dict:
         """What a saved generator state must match to be resumed or reused: the settings (the stem as
-        resolved), the LR schedule actually in force (it depends on the epoch cap), and the data it
-        was trained on."""
+        resolved), the LR schedule actually in force (it depends on the epoch cap), the loop's rules
+        and the data it was trained on."""
         d = self.config.to_json()
         key = {k: d[k] for k in RESUME_KEYS}
-        key.update(generator_stem=self.stem, schedule=self.config.scaled_milestones(),
+        key.update(generator_stem=self.stem, schedule=self.config.scaled_milestones(), rules=LOOP_RULES,
                    data=self.context.data_identity())
         return json.loads(json.dumps(key))
 
@@ -121,6 +131,7 @@ class MTLUEMethod(ProtectionMethod):
         optimiser = torch.optim.Adam(generator.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimiser, cfg.scaled_milestones(), cfg.gamma)
         surrogates, surrogate_optimiser = self._surrogates(context)
+        self.regulariser_scale = len(surrogates)
         augment = make_augment(cfg.augment, context.source.image_shape).to(device)
 
         state_path = context.work_dir / STATE_FILE
@@ -179,12 +190,7 @@ class MTLUEMethod(ProtectionMethod):
         batches = 0
         for items in loader:
             x, labels, masks = item_tensors(items, device)
-            delta = generator(x, labels, masks, self.protected)
-            poisoned = augment(self._poison(x, delta))
-            loss_b = sum(base_loss(cfg.base, context.tasks, model(poisoned), labels, masks, "total", self.protected)
-                         for model in surrogates)
-            tables = generator.embedding_tables()
-            loss = loss_b + embedding_regulariser(tables, cfg.lambda_intra, cfg.lambda_inter)
+            loss, loss_b, tables = self._generator_objective(generator, x, labels, masks, surrogates, augment)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -200,6 +206,22 @@ class MTLUEMethod(ProtectionMethod):
             record["poisoned_train_error"] = error
             record["stop"] = error <= cfg.stop_error
         return record
+
+    def _generator_objective(self, generator, x, labels, masks, surrogates, augment) -> tuple:
+        """(loss, Σ_m L_b, embedding tables) of one batch: Σ_m [L_b(F_m(aug(x + δ)), y) + λ_intra·L_intra
+        + λ_inter·L_inter] over the M surrogates, δ = G(x, y).
+
+        The reference's SEP recomputes δ and backpropagates loss_m + regulariser for every checkpoint
+        before one Adam step, so the regulariser's gradient is M times; δ is computed once here, which
+        gives the same gradient (the generator is unchanged until the step)."""
+        cfg = self.config
+        delta = generator(x, labels, masks, self.protected)
+        poisoned = augment(self._poison(x, delta))
+        loss_b = sum(base_loss(cfg.base, self.context.tasks, model(poisoned), labels, masks, "total", self.protected)
+                     for model in surrogates)
+        tables = generator.embedding_tables()
+        regulariser = embedding_regulariser(tables, cfg.lambda_intra, cfg.lambda_inter)
+        return loss_b + len(surrogates) * regulariser, loss_b, tables
 
     def _poison(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         """x + δ, clipped to [0, 1] when clamp_inputs (what the store will hold, up to rounding)."""
@@ -262,6 +284,10 @@ class MTLUEMethod(ProtectionMethod):
                 "generator_milestones": cfg.scaled_milestones(), "augment": cfg.augment,
                 "clamp_inputs": cfg.clamp_inputs, "samples_per_epoch": cfg.samples_per_epoch,
                 "generator_width": cfg.generator_width, "generator_stem": self.stem,
+                "regulariser_scale": self.regulariser_scale,
+                "effective_lambda_intra": None if self.regulariser_scale is None else cfg.lambda_intra * self.regulariser_scale,
+                "effective_lambda_inter": None if self.regulariser_scale is None else cfg.lambda_inter * self.regulariser_scale,
+                "regulariser_note": REGULARISER_NOTE,
                 "protected_tasks": list(self.protected),
                 "generator_history": self.history[-1:] if self.history else []}
         if cfg.generator_path:
