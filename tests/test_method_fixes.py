@@ -17,6 +17,7 @@ from mtlue.protect.base import ProtectConfig, ProtectContext, SurrogateConfig
 from mtlue.protect.driver import protect_source
 from mtlue.protect.em import EMMethod
 from mtlue.protect.mtlue_method import MTLUEMethod
+from mtlue.protect.surrogate import PoisonedError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -158,3 +159,52 @@ def test_the_manifest_records_the_effective_regulariser_weights(tmp_path, source
     assert "regulariser_scale" in sep["regulariser_note"]
     em = protect_source(source, tmp_path / "E", tiny_config(), CPU, progress=False)["protection"]
     assert em["regulariser_scale"] == 1 and em["effective_lambda_inter"] == em["lambda_inter"]
+
+
+# -- 3. one EM surrogate loop and one error ------------------------------------------------------------
+
+def test_both_em_methods_train_their_surrogate_with_the_one_clipped_loop(tmp_path, source, monkeypatch):
+    assert em_module.train_on_poisoned is surrogate.train_on_poisoned is mtlue_method.train_on_poisoned
+    assert em_module.PoisonedError is PoisonedError is mtlue_method.PoisonedError
+    calls, clips, worst = [], [], []
+    real_loop, real_clip, real_worst = surrogate.train_on_poisoned, torch.nn.utils.clip_grad_norm_, PoisonedError.worst
+
+    def counting_loop(*args, **kwargs):
+        calls.append(args[4][0].name)
+        return real_loop(*args, **kwargs)
+
+    def recording_clip(parameters, max_norm, *args, **kwargs):
+        clips.append(max_norm)
+        return real_clip(parameters, max_norm, *args, **kwargs)
+
+    def counting_worst(self):
+        worst.append(self)
+        return real_worst(self)
+
+    for module in (em_module, mtlue_method):
+        monkeypatch.setattr(module, "train_on_poisoned", counting_loop)
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording_clip)
+    monkeypatch.setattr(PoisonedError, "worst", counting_worst)
+    EMMethod(tiny_config(method="em", steps=2)).prepare(ProtectContext(source, tiny_config(method="em", steps=2), CPU,
+                                                                       tmp_path / "em", progress=False))
+    assert len(calls) == 1 and len(worst) == 1 and clips == [5.0, 5.0]
+    MTLUEMethod(tiny_config()).prepare(ProtectContext(source, tiny_config(), CPU, tmp_path / "mtlue", progress=False))
+    assert len(calls) == 2 and len(worst) == 2 and clips == [5.0] * 4
+
+
+def test_the_em_error_is_the_worst_protected_classification_tasks():
+    tasks = (TaskSpec("smiling", "binary", 2), TaskSpec("age", "multiclass", 3), TaskSpec("size", "regression", 1))
+    labels = {"smiling": torch.tensor([1, 1, 0, 0]), "age": torch.tensor([0, 1, 2, 2]),
+              "size": torch.tensor([0.1, 0.2, 0.3, 0.4])}
+    outputs = {"smiling": torch.tensor([[2.0], [3.0], [-1.0], [4.0]]),  # one miss in four
+               "age": torch.eye(3)[[1, 1, 0, 0]] * 5,  # misses samples 0, 2, 3; sample 3's label is missing
+               "size": torch.zeros(4, 1)}
+    masks = {"smiling": torch.ones(4, dtype=torch.bool), "age": torch.tensor([True, True, True, False]),
+             "size": torch.ones(4, dtype=torch.bool)}
+    error = PoisonedError(tasks, ("smiling", "age", "size"))
+    error.add(outputs, labels, masks)
+    assert error.worst() == pytest.approx(2 / 3)  # age: 2 of 3 labelled; the old pooled mean was 3/7
+    only_smiling = PoisonedError(tasks, ("smiling", "size"))
+    only_smiling.add(outputs, labels, masks)
+    assert only_smiling.worst() == pytest.approx(1 / 4)
+    assert PoisonedError(tasks, ("size",)).worst() == 0.0

@@ -1,7 +1,8 @@
 """EM per-sample baseline: error-minimising noise, min-min (Huang et al., ICLR 2021).
 
 Alternate until every classification task's error on the poisoned train split is ≤ stop_error (1 %) or
-`epochs` rounds have run: (1) `surrogate_steps` Adam steps of a surrogate trained from scratch on x + δ;
+`epochs` rounds have run: (1) `surrogate_steps` Adam steps (gradient clip 5) of a surrogate trained from
+scratch on x + δ, the loop MTL-UE's EM base shares (`surrogate.train_on_poisoned`);
 (2) for every sample, PGD-L∞ that *minimises* the task losses from x + δ (20 steps of 0.8/255,
 `--objective total|dgba`). δ starts as U(−ε, ε). State (δ, surrogate, optimiser, round) is saved
 under work_dir/em/ after each round, so a killed run resumes from the last finished round.
@@ -13,12 +14,11 @@ import numpy as np
 import torch
 
 from mtlue.attacks import PGD
-from mtlue.data.base import batch_tensors, item_tensors
-from mtlue.models.losses import predictions, task_losses
+from mtlue.data.base import batch_tensors
 from mtlue.models.mtl import atomic_torch_save, checkpoint_errors, load_torch_file
 from mtlue.protect.base import ProtectionMethod
 from mtlue.protect.samplewise import delta_array, only_protected, step_size_or_default, steps_or_default
-from mtlue.protect.surrogate import fresh_surrogate
+from mtlue.protect.surrogate import EM_SURROGATE_RULES, PoisonedError, fresh_surrogate, train_on_poisoned
 
 PUBLISHED_STEPS = 20
 PUBLISHED_STEP_SIZE = 0.8 / 255
@@ -72,48 +72,35 @@ class EMMethod(ProtectionMethod):
         for name in ("epochs", "work_dir", "generator_path", "method"):
             settings.pop(name, None)
         return json.dumps({"settings": settings, "steps": self.steps, "step_size": self.alpha,
-                           "data": self.context.data_identity()}, sort_keys=True, default=str)
+                           "surrogate_rules": EM_SURROGATE_RULES, "data": self.context.data_identity()},
+                          sort_keys=True, default=str)
 
     def _poisoned(self, images, index):
         positions = torch.as_tensor([self.position[int(i)] for i in index])
         return torch.clamp(images + self.delta[positions].to(images), 0.0, 1.0), positions
 
     def _train_surrogate(self, model, optimiser, round_index) -> None:
+        """EM's surrogate step on x + δ: `train_on_poisoned` over a loader seeded by the round."""
         context, config = self.context, self.config
-        generator = torch.Generator().manual_seed(config.seed * 1000 + round_index)
-        loader = context.train_loader(config.batch_size, shuffle=True, generator=generator)
-        model.train()
-        for step, items in enumerate(loader):
-            if step >= config.surrogate_steps:
-                break
-            images, labels, masks = item_tensors(items, context.device)
-            poisoned, _ = self._poisoned(images, items["index"])
-            loss = task_losses(context.tasks, model(poisoned), labels, masks).sum()
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
+        order = torch.Generator().manual_seed(config.seed * 1000 + round_index)
+        loader = context.train_loader(config.batch_size, shuffle=True, generator=order)
+        train_on_poisoned(model, optimiser, loader, lambda x, labels, masks, index: self._poisoned(x, index)[0],
+                          context.tasks, config.surrogate_steps, context.device)
 
     def _update_noise(self, model) -> float:
-        """One PGD pass over all samples from x + δ; returns the worst task error on the new x + δ."""
+        """One PGD pass over all samples from x + δ; returns EM's `PoisonedError` on the new x + δ."""
         context, config = self.context, self.config
         attack = PGD(model, eps=config.eps, alpha=self.alpha, steps=self.steps, random_start=False,
                      objective=config.objective, targeted=True)
-        wrong = {t.name: 0 for t in context.tasks if t.is_classification}
-        counted = {name: 0 for name in wrong}
+        errors = PoisonedError(context.tasks, context.protected_tasks)
         for batch in context.batches(config.batch_size):
             images, labels, masks = batch_tensors(batch, context.device)
             start, positions = self._poisoned(images, batch.index)
             poisoned = attack(images, labels, only_protected(masks, context.protected_tasks), start=start)
             self.delta[positions] = (poisoned - images).clamp(-config.eps, config.eps).half().cpu()
             with torch.no_grad():
-                outputs = model(poisoned)
-            for t in context.tasks:
-                if t.name in wrong and t.name in context.protected_tasks:
-                    mask = masks[t.name].bool()
-                    wrong[t.name] += int((predictions(t, outputs[t.name])[mask] != labels[t.name][mask].long()).sum())
-                    counted[t.name] += int(mask.sum())
-        errors = [wrong[n] / counted[n] for n in wrong if counted[n]]
-        return max(errors) if errors else 0.0
+                errors.add(model(poisoned), labels, masks)
+        return errors.worst()
 
     def perturb(self, batch, device) -> np.ndarray:
         images = batch_tensors(batch, "cpu")[0]  # δ is held on the CPU

@@ -21,9 +21,9 @@ from mtlue.errors import ConfigError
 from mtlue.models.generator import build_generator, load_generator, resolve_stem, save_generator
 from mtlue.models.mtl import atomic_torch_save, checkpoint_errors, load_torch_file
 from mtlue.protect.base import ProtectionMethod, ProtectContext
-from mtlue.protect.objectives import base_error, base_loss
+from mtlue.protect.objectives import base_loss
 from mtlue.protect.regularisers import embedding_regulariser, inter_task_loss, intra_task_loss
-from mtlue.protect.surrogate import freeze, fresh_surrogate
+from mtlue.protect.surrogate import EM_SURROGATE_RULES, PoisonedError, freeze, fresh_surrogate, train_on_poisoned
 
 STATE_FILE = "generator-state.pt"
 GENERATOR_FILE = "generator.pt"
@@ -33,7 +33,7 @@ RESUME_KEYS = ("base", "epsilon", "batch_size", "lr", "weight_decay", "milestone
                "clamp_inputs", "clamp_gradient", "surrogate_steps", "stop_error",
                "surrogate_path", "generator_stem")  # generator_stem as resolved (never "auto")
 # Rules of the training loop that earlier versions ran otherwise; a state saved under others is retrained.
-LOOP_RULES = {"regulariser": "once per surrogate (SEP: per ensemble member)"}
+LOOP_RULES = {"regulariser": "once per surrogate (SEP: per ensemble member)", "em_surrogate": EM_SURROGATE_RULES}
 REGULARISER_NOTE = ("λ_intra·L_intra + λ_inter·L_inter is added to the base loss of each of the regulariser_scale "
                     "surrogates (SEP: its checkpoints, as the reference backpropagates it with every checkpoint), "
                     "so the effective weights are regulariser_scale × λ")
@@ -228,46 +228,32 @@ class MTLUEMethod(ProtectionMethod):
         return (x + delta).clamp(0.0, 1.0) if self.config.clamp_inputs else x + delta
 
     def _train_surrogate_steps(self, generator, model, optimiser, augment, iteration) -> None:
-        """EM's alternating step: a few surrogate mini-batches on aug(x + G(x,y).detach())."""
-        from mtlue.models.losses import task_losses
-
-        cfg, context, device = self.config, self.context, self.context.device
+        """EM's alternating step: `train_on_poisoned` on aug(x + G(x,y)), a loader seeded by the iteration."""
+        cfg, context = self.config, self.context
         order = torch.Generator().manual_seed(cfg.seed * 100003 + iteration + 50021)
         loader = context.train_loader(cfg.batch_size, shuffle=True, generator=order)
         generator.eval()
-        model.train()
-        for p in model.parameters():
-            p.requires_grad_(True)
-        for step, items in enumerate(loader):
-            if step >= cfg.surrogate_steps:
-                break
-            x, labels, masks = item_tensors(items, device)
-            with torch.no_grad():
-                poisoned = augment(self._poison(x, generator(x, labels, masks, self.protected)))
-            loss = task_losses(context.tasks, model(poisoned), labels, masks).sum()
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            optimiser.step()
-        freeze(model)
+
+        def poison(x, labels, masks, index):
+            return augment(self._poison(x, generator(x, labels, masks, self.protected)))
+
+        train_on_poisoned(model, optimiser, loader, poison, context.tasks, cfg.surrogate_steps, context.device)
 
     @torch.no_grad()
     def _poisoned_error(self, generator, model) -> float:
-        """EM stop test: the surrogate's error on the whole poisoned train split (generator in eval mode)."""
+        """EM stop test: `PoisonedError` of the surrogate on the poisoned train split (generator in eval mode)."""
         cfg, context, device = self.config, self.context, self.context.device
         generator.eval()
         model.eval()
-        wrong, count = 0.0, 0
+        errors, count = PoisonedError(context.tasks, self.protected), 0
         limit = cfg.samples_per_epoch or context.num_samples  # a CPU-sized run tests a prefix of the split
         for batch in context.batches(max(cfg.batch_size, 256)):
             if count >= limit:
                 break
             x, labels, masks = batch_tensors(batch, device)
-            outputs = model(self._poison(x, generator(x, labels, masks, self.protected)))
-            error = base_error("em", context.tasks, outputs, labels, masks, self.protected)
-            wrong += error * len(batch)
+            errors.add(model(self._poison(x, generator(x, labels, masks, self.protected))), labels, masks)
             count += len(batch)
-        return wrong / max(count, 1)
+        return errors.worst()
 
     # -- emitting δ -------------------------------------------------------------------------
     @torch.no_grad()

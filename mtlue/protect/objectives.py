@@ -15,7 +15,7 @@ import torch
 
 from mtlue.data.base import TaskSpec
 from mtlue.errors import ConfigError
-from mtlue.models.losses import per_sample_loss, predictions
+from mtlue.models.losses import per_sample_loss
 
 BASE_LOSSES = ("em", "tap", "sep")
 
@@ -83,23 +83,3 @@ def base_loss(base: str, tasks, outputs: dict, labels: dict, masks: dict | None 
               objective: str = "total", task_names=None) -> torch.Tensor:
     """Batch mean of `per_sample_base_loss` (a scalar to minimise)."""
     return per_sample_base_loss(base, tasks, outputs, labels, masks, objective, task_names).mean()
-
-
-def base_error(base: str, tasks, outputs: dict, labels: dict, masks: dict | None = None, task_names=None) -> float:
-    """Fraction of (sample, classification task) pairs where the surrogate misses the base's target.
-
-    The target is `base_target`'s: EM and TAP-binary compare with the true label (EM wants the error
-    low, TAP high); the shifted bases with the shifted class.
-    """
-    masks = masks or {}
-    wrong, count = 0.0, 0.0
-    for task in tasks:
-        if not task.is_classification or (task_names is not None and task.name not in task_names):
-            continue
-        target, _ = base_target(base, task, labels[task.name].long())
-        miss = (predictions(task, outputs[task.name]) != target).float()
-        mask = masks.get(task.name)
-        weight = mask.float() if mask is not None else torch.ones_like(miss)
-        wrong += float((miss * weight).sum())
-        count += float(weight.sum())
-    return wrong / max(count, 1.0)

@@ -1,4 +1,5 @@
-"""The clean surrogate (TAP) and its checkpoint ensemble (SEP), trained once with the victim code.
+"""The clean surrogate (TAP) and its checkpoint ensemble (SEP), trained once with the victim code;
+EM's surrogate, trained alternately on poisoned data, and its stop statistic.
 
 Trained with `mtlue.train.train_model` on the clean train split (weighting ew) and cached in
 `work_dir/surrogate/`: `model.pt` (final weights), `epoch-*.pt` checkpoints, `surrogate.json`
@@ -17,12 +18,18 @@ from pathlib import Path
 
 import torch
 
+from mtlue.data.base import item_tensors
 from mtlue.errors import ConfigError
+from mtlue.models.losses import predictions, task_losses
 from mtlue.models.mtl import build_model, load_checkpoint, save_checkpoint
 from mtlue.store.layout import dumps_json, sha256_file, write_text_atomic
 
 INFO_FILE = "surrogate.json"
 MODEL_FILE = "model.pt"
+SURROGATE_GRAD_CLIP = 5.0  # the reference clips every surrogate update (clean and EM) to this gradient norm
+# How EM's surrogate is trained and judged (MTL-UE's EM base and the per-sample EM baseline alike);
+# part of both resume keys, so a state saved under other rules is not resumed.
+EM_SURROGATE_RULES = {"grad_clip": SURROGATE_GRAD_CLIP, "error": "worst protected classification task"}
 
 
 def freeze(model: torch.nn.Module) -> torch.nn.Module:
@@ -40,6 +47,51 @@ def fresh_surrogate(context, seed: int) -> tuple[torch.nn.Module, torch.optim.Op
     torch.manual_seed(seed)
     model = build_model(context.tasks, settings.backbone, in_channels=channels, image_size=height).to(context.device)
     return model, torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+
+
+def train_on_poisoned(model, optimiser, loader, poison, tasks, steps: int, device) -> None:
+    """EM's alternating surrogate update: `steps` Adam mini-batches of Σ_t ℓ_t(F(x'), y_t) on poisoned
+    x' = poison(x, labels, masks, index) (no gradient to δ), gradient norm clipped to 5.0 (Huang et al.
+    2021, as the MTL-UE reference runs it). Leaves the model frozen (see `freeze`)."""
+    model.train()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    for step, items in enumerate(loader):
+        if step >= steps:
+            break
+        x, labels, masks = item_tensors(items, device)
+        with torch.no_grad():
+            poisoned = poison(x, labels, masks, items["index"])
+        loss = task_losses(tasks, model(poisoned), labels, masks).sum()
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), SURROGATE_GRAD_CLIP)
+        optimiser.step()
+    freeze(model)
+
+
+class PoisonedError:
+    """EM's stop statistic over batches: per protected classification task, the surrogate's error
+    against the true labels (missing labels skipped); `worst()`, the largest of them, is at most
+    stop_error exactly when every task is."""
+
+    def __init__(self, tasks, task_names):
+        self.tasks = tuple(t for t in tasks if t.is_classification and t.name in task_names)
+        self.wrong = {t.name: 0 for t in self.tasks}
+        self.count = {t.name: 0 for t in self.tasks}
+
+    def add(self, outputs: dict, labels: dict, masks: dict | None = None) -> None:
+        masks = masks or {}
+        for task in self.tasks:
+            miss = predictions(task, outputs[task.name]) != labels[task.name].reshape(-1).long()
+            mask = masks.get(task.name)
+            mask = torch.ones_like(miss) if mask is None else mask.reshape(-1).bool()
+            self.wrong[task.name] += int((miss & mask).sum())
+            self.count[task.name] += int(mask.sum())
+
+    def worst(self) -> float:
+        errors = [self.wrong[name] / self.count[name] for name in self.wrong if self.count[name]]
+        return max(errors) if errors else 0.0
 
 
 def _epoch_of(path: Path) -> int:
