@@ -13,6 +13,8 @@ import sys
 import click
 
 from mtlue.errors import IntegrityError, MtlueError
+# protect's defaults are the configs' (a light module); the command passes on only the options given
+from mtlue.protect.config import ProtectConfig, SurrogateConfig
 
 
 def reports_errors(func):
@@ -323,90 +325,136 @@ def train(data, test_spec, weighting, backbone, epochs, batch_size, lr, optimize
 # ---- protection (protect) ----------------------------------------------------------------
 
 
+def _for(option: str, text: str = "") -> str:
+    """Help text prefixed with the methods that read `option`, e.g. "[lsp/ar] How K task patterns combine.";
+    where their defaults differ, it names each (the option's own default is then None)."""
+    from mtlue.protect import applies_to
+
+    defaults = _method_defaults(option)
+    if len(set(map(repr, defaults.values()))) > 1:
+        text += " [default: " + ", ".join(f"{m} {v}" for m, v in defaults.items()) + "]"
+    return f"[{'/'.join(applies_to(option))}] {text}".rstrip()
+
+
+def _default(option: str):
+    """The default every method that reads `option` shares (None where they differ: see `_for`)."""
+    values = list(_method_defaults(option).values())
+    return values[0] if values and all(repr(v) == repr(values[0]) for v in values) else None
+
+
+def _method_defaults(option: str) -> dict:
+    import dataclasses
+
+    from mtlue.protect import METHODS
+
+    return {name: f.default for name, entry in METHODS.items() for f in dataclasses.fields(entry.settings)
+            if (f.metadata.get("option") or f.name) == option}
+
+
+def _surrogate_help(text: str) -> str:
+    from mtlue.protect import surrogate_methods
+
+    return f"[{'/'.join(surrogate_methods())}] {text}"
+
+
 @main.command()
 @click.argument("source")
 @click.argument("store", type=click.Path(file_okay=False))
-@click.option("--method", default="mtlue", show_default=True,
-              help="mtlue (generator) · em · tap · sep (per-sample PGD baselines) · lsp · ar (class-wise baselines).")
-@click.option("--base", type=click.Choice(["em", "tap", "sep"]), default="em", show_default=True,
-              help="MTL-UE base loss: em (surrogate trained alternately), tap (fixed clean surrogate), "
-                   "sep (ensemble of clean-run checkpoints).")
-@click.option("--epsilon", type=float, default=8.0, show_default=True, help="L∞ budget in 1/255 units.")
-@click.option("--epochs", type=int, default=8, show_default=True,
-              help="Generator outer iterations (cap; paper up to 100).")
-@click.option("--batch-size", type=int, default=128, show_default=True)
-@click.option("--lr", type=float, default=2e-3, show_default=True, help="Generator Adam learning rate (paper 1e-3).")
-@click.option("--lambda-intra", type=float, default=20.0, show_default=True,
-              help="Intra-task embedding regulariser weight (paper 20; released code 10).")
-@click.option("--lambda-inter", type=float, default=100.0, show_default=True,
-              help="Inter-task embedding regulariser weight (paper 100; released code 200).")
+@click.option("--method", default=ProtectConfig.method, show_default=True,
+              help="mtlue (generator) · em · tap · sep (per-sample PGD baselines) · lsp · ar (class-wise baselines). "
+                   "Options marked [..] apply to those methods only.")
+@click.option("--epsilon", type=float, default=ProtectConfig.epsilon, show_default=True,
+              help="L∞ budget in 1/255 units.")
+@click.option("--batch-size", type=int, default=ProtectConfig.batch_size, show_default=True)
 @click.option("--protect-tasks", default=None, help="Comma-separated tasks to protect (default: all).")
-@click.option("--poison-rate", type=float, default=1.0, show_default=True,
+@click.option("--poison-rate", type=float, default=ProtectConfig.poison_rate, show_default=True,
               help="Fraction of train samples that get δ (a seeded random subset).")
+@click.option("--seed", type=int, default=ProtectConfig.seed, show_default=True)
+@click.option("--surrogate-backbone", default=SurrogateConfig.backbone, show_default=True,
+              help=_surrogate_help("Surrogate model backbone."))
+@click.option("--surrogate-epochs", type=int, default=SurrogateConfig.epochs, show_default=True,
+              help=_surrogate_help("Clean surrogate training epochs (paper 60)."))
 @click.option("--surrogate", "surrogate_path", default=None, type=click.Path(exists=True),
-              help="Clean surrogate checkpoint (or a directory of checkpoints for SEP) instead of training one.")
+              help=_for("surrogate_path", "Clean surrogate checkpoint (or a directory of checkpoints for SEP) "
+                                          "instead of training one (mtlue: --base tap or sep)."))
+@click.option("--epochs", type=int, default=_default("epochs"), show_default=True,
+              help=_for("epochs", "Cap on outer iterations: mtlue's generator passes (paper up to 100), "
+                                  "em's rounds of surrogate steps and noise updates."))
+@click.option("--base", type=click.Choice(["em", "tap", "sep"]), default=_default("base"), show_default=True,
+              help=_for("base", "Base loss: em (surrogate trained alternately), tap (fixed clean surrogate), "
+                                "sep (ensemble of clean-run checkpoints)."))
+@click.option("--lr", type=float, default=_default("lr"), show_default=True,
+              help=_for("lr", "Generator Adam learning rate (paper 1e-3)."))
+@click.option("--lambda-intra", type=float, default=_default("lambda_intra"), show_default=True,
+              help=_for("lambda_intra", "Intra-task embedding regulariser weight (paper 20; released code 10)."))
+@click.option("--lambda-inter", type=float, default=_default("lambda_inter"), show_default=True,
+              help=_for("lambda_inter", "Inter-task embedding regulariser weight (paper 100; released code 200)."))
 @click.option("--generator", "generator_path", default=None, type=click.Path(exists=True, dir_okay=False),
-              help="Use this trained generator checkpoint; skip generator training.")
-@click.option("--generator-width", type=int, default=16, show_default=True,
-              help="Generator stem channels (paper 64); smaller is faster on CPU.")
-@click.option("--generator-stem", type=click.Choice(["auto", "cifar", "imagenet"]), default="auto", show_default=True,
-              help="Generator encoder stem: cifar (3x3, the reference's for CelebA and UTKFace), imagenet "
-                   "(7x7/2 + maxpool, its ChestX-ray14 one), auto (the source's; folders: imagenet from 224 px).")
-@click.option("--samples-per-epoch", type=int, default=0, show_default=True,
-              help="Samples per generator outer iteration (0 = the whole train split, as the paper).")
-@click.option("--surrogate-backbone", default="small_cnn", show_default=True)
-@click.option("--surrogate-epochs", type=int, default=6, show_default=True,
-              help="Clean surrogate training epochs (paper 60).")
-@click.option("--surrogate-steps", type=int, default=10, show_default=True,
-              help="EM: surrogate mini-batches per generator outer iteration.")
-@click.option("--augment", type=click.Choice(["crop_flip", "crop", "none"]), default="none", show_default=True,
-              help="EOT augmentation of x+δ before the surrogate: match the victims' training augmentation "
-                   "(paper crop_flip; mtlue's victims train without, and a flip changes digits' left/right labels).")
-@click.option("--clamp/--no-clamp", "clamp_inputs", default=True, show_default=True,
-              help="Clip x+δ to [0,1] while training the generator, as the stored bytes will be "
-                   "(--no-clamp: the paper's unclipped x+δ).")
-@click.option("--objective", type=click.Choice(["total", "dgba"]), default="total", show_default=True,
-              help="Baselines: how per-task losses combine.")
-@click.option("--steps", type=int, default=None,
-              help="Per-sample baselines: PGD steps [default: as published: em 20, tap 250, sep 30].")
-@click.option("--fusion", type=click.Choice(["average", "patch"]), default="average", show_default=True,
-              help="Class-wise baselines: how K task patterns combine.")
-@click.option("--norm", type=click.Choice(["linf", "l2"]), default=None,
-              help="Class-wise baselines: budget norm [default: l2 as the LSP/AR papers, then clipped to ε].")
-@click.option("--seed", type=int, default=0, show_default=True)
+              help=_for("generator_path", "Use this trained generator checkpoint; skip generator training."))
+@click.option("--generator-width", type=int, default=_default("generator_width"), show_default=True,
+              help=_for("generator_width", "Generator stem channels (paper 64); smaller is faster on CPU."))
+@click.option("--generator-stem", type=click.Choice(["auto", "cifar", "imagenet"]), default=_default("generator_stem"),
+              show_default=True,
+              help=_for("generator_stem", "Generator encoder stem: cifar (3x3, the reference's for CelebA and "
+                                          "UTKFace), imagenet (7x7/2 + maxpool, its ChestX-ray14 one), auto (the "
+                                          "source's; folders: imagenet from 224 px)."))
+@click.option("--samples-per-epoch", type=int, default=_default("samples_per_epoch"), show_default=True,
+              help=_for("samples_per_epoch", "Samples per generator outer iteration (0 = the whole train split, "
+                                             "as the paper)."))
+@click.option("--augment", type=click.Choice(["crop_flip", "crop", "none"]), default=_default("augment"),
+              show_default=True,
+              help=_for("augment", "EOT augmentation of x+δ before the surrogate: match the victims' training "
+                                   "augmentation (paper crop_flip; mtlue's victims train without, and a flip changes "
+                                   "digits' left/right labels)."))
+@click.option("--clamp/--no-clamp", "clamp_inputs", default=_default("clamp_inputs"), show_default=True,
+              help=_for("clamp_inputs", "Clip x+δ to [0,1] while training the generator, as the stored bytes will "
+                                        "be (--no-clamp: the paper's unclipped x+δ)."))
+@click.option("--surrogate-steps", type=int, default=_default("surrogate_steps"), show_default=True,
+              help=_for("surrogate_steps", "EM surrogate mini-batches per outer iteration (mtlue: --base em)."))
+@click.option("--objective", type=click.Choice(["total", "dgba"]), default=_default("objective"), show_default=True,
+              help=_for("objective", "How per-task losses combine."))
+@click.option("--steps", type=int, default=_default("steps"),
+              help=_for("steps", "PGD steps [default: as published: em 20, tap 250, sep 30]."))
+@click.option("--fusion", type=click.Choice(["average", "patch"]), default=_default("fusion"), show_default=True,
+              help=_for("fusion", "How K task patterns combine."))
+@click.option("--norm", type=click.Choice(["linf", "l2"]), default=_default("norm"),
+              help=_for("norm", "Budget norm [default: l2 as the LSP/AR papers, then clipped to ε]."))
 @click.option("--device", default="auto", show_default=True, help="auto · cpu · cuda · cuda:N.")
 @click.option("--work-dir", default=None, type=click.Path(file_okay=False),
               help="Generator/surrogate checkpoints (default: STORE.work/ beside the store).")
 @click.option("--shard-size", type=int, default=2048, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing store at STORE.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
+@click.pass_context
 @reports_errors
-def protect(source, store, method, base, epsilon, epochs, batch_size, lr, lambda_intra, lambda_inter, protect_tasks,
-            poison_rate, surrogate_path, generator_path, generator_width, generator_stem, samples_per_epoch, clamp_inputs,
-            surrogate_backbone, surrogate_epochs, surrogate_steps, augment,
-            objective, steps, fusion, norm, seed, device, work_dir, shard_size, overwrite, quiet):
+def protect(ctx, source, store, surrogate_backbone, surrogate_epochs, protect_tasks, device, shard_size, overwrite,
+            quiet, **options):
     """Make the train split of SOURCE unlearnable and write it as a store at STORE.
 
     Trains (or loads) the perturbation generator, then writes round(clip(x·255 + δ·255, 0, 255))
     for every train sample. Resumable: rerun the same command after a kill.
     """
+    from click.core import ParameterSource
+
     from mtlue.data import open_source
-    from mtlue.protect.base import ProtectConfig, SurrogateConfig
+    from mtlue.errors import ConfigError
+    from mtlue.protect import protect_config, surrogate_methods
     from mtlue.protect.driver import protect_source
     from mtlue.runtime import resolve_device
 
-    tasks = tuple(t.strip() for t in protect_tasks.split(",") if t.strip()) if protect_tasks else None
-    config = ProtectConfig(method=method, base=base, epsilon=epsilon, epochs=epochs, batch_size=batch_size, lr=lr,
-                           lambda_intra=lambda_intra, lambda_inter=lambda_inter, protect_tasks=tasks,
-                           poison_rate=poison_rate, seed=seed, surrogate_path=surrogate_path,
-                           generator_path=generator_path,
-                           surrogate=SurrogateConfig(backbone=surrogate_backbone, epochs=surrogate_epochs),
-                           generator_width=generator_width, generator_stem=generator_stem,
-                           samples_per_epoch=samples_per_epoch,
-                           clamp_inputs=clamp_inputs,
-                           surrogate_steps=surrogate_steps, augment=augment, objective=objective, steps=steps,
-                           fusion=fusion, norm=norm, work_dir=work_dir)
-    manifest = protect_source(open_source(source), store, config, resolve_device(device), work_dir=work_dir,
+    def given(name: str) -> bool:
+        return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+
+    method = options["method"]
+    for name in ("surrogate_backbone", "surrogate_epochs"):
+        if given(name) and method not in surrogate_methods():
+            raise ConfigError(f"--{name.replace('_', '-')} applies to --method {', '.join(surrogate_methods())}, "
+                              f"not {method}")
+    if protect_tasks:
+        options["protect_tasks"] = tuple(t.strip() for t in protect_tasks.split(",") if t.strip())
+    options["surrogate"] = SurrogateConfig(backbone=surrogate_backbone, epochs=surrogate_epochs)
+    config = protect_config(options, explicit={name for name in options if name in ctx.params and given(name)})
+    manifest = protect_source(open_source(source), store, config, resolve_device(device), work_dir=config.work_dir,
                               overwrite=overwrite, progress=not quiet, shard_size=shard_size)
     record = manifest["protection"]
     count = manifest["splits"]["train"]["count"]

@@ -38,11 +38,11 @@ def _setup(n: int, size: int, width: int, tmp: Path):
 
 def protect_once(n: int, size: int, width: int, batch_size: int, tmp: Path, device) -> float:
     """Seconds for a full protect run (generator loaded, not trained)."""
-    from mtlue.protect.base import ProtectConfig
+    from mtlue.protect import protect_config
     from mtlue.protect.driver import protect_source
 
     source, path = _setup(n, size, width, tmp)
-    config = ProtectConfig(method="mtlue", base="tap", batch_size=batch_size, generator_path=str(path), seed=0)
+    config = protect_config(dict(method="mtlue", base="tap", batch_size=batch_size, generator_path=str(path), seed=0))
     start = time.perf_counter()
     protect_source(source, tmp / "P", config, device, work_dir=tmp / "P.work", overwrite=True, progress=False,
                    shard_size=1024)

@@ -34,7 +34,7 @@ class RunPlan:
     recipe: Recipe
     run_dir: str
     surrogate: object  # mtlue.train.TrainConfig
-    protect: object  # mtlue.protect.base.ProtectConfig
+    protect: object  # mtlue.protect.config.ProtectConfig
     verify: object  # mtlue.verify.VerifyConfig
 
     @property
@@ -49,12 +49,14 @@ class RunPlan:
     def trains_surrogate(self) -> bool:
         """The surrogate stage trains a clean model only for a TAP/SEP base that was not handed one.
         EM trains its own surrogate with the generator; LSP/AR need none."""
-        return self.protect.uses_clean_surrogate and not self.protect.surrogate_path
+        settings = self.protect.settings
+        return settings.uses_clean_surrogate and not settings.surrogate_path
 
 
 def plan_run(recipe: Recipe, runs_dir: str = "runs") -> RunPlan:
     """Turn recipe tables into configs; unknown keys raise ConfigError naming the table and key."""
-    from mtlue.protect.base import ProtectConfig, SurrogateConfig
+    from mtlue.protect import protect_config
+    from mtlue.protect.config import SurrogateConfig
     from mtlue.train import TrainConfig
 
     where = recipe.path
@@ -63,15 +65,13 @@ def plan_run(recipe: Recipe, runs_dir: str = "runs") -> RunPlan:
     surrogate = build_config(TrainConfig, surrogate_table, f"{where} [surrogate]", seed=recipe.seed)
     if not surrogate.checkpoint_every:
         surrogate = dataclasses.replace(surrogate, checkpoint_every=max(1, surrogate.epochs // num_checkpoints))
-    protect_table = dict(recipe.protect)
-    if "protect_tasks" in protect_table and protect_table["protect_tasks"] is not None:
-        protect_table["protect_tasks"] = tuple(protect_table["protect_tasks"])
     surrogate_settings = SurrogateConfig(backbone=surrogate.backbone, epochs=surrogate.epochs,
                                          batch_size=surrogate.batch_size, lr=surrogate.lr,
                                          weight_decay=surrogate.weight_decay, num_checkpoints=num_checkpoints,
                                          checkpoint_every=surrogate.checkpoint_every, weighting=surrogate.weighting)
-    protect = build_config(ProtectConfig, protect_table, f"{where} [protect]", seed=recipe.seed,
-                           surrogate=surrogate_settings)
+    # the recipe's seed and [surrogate] table win over [protect] keys of the same name
+    protect = protect_config({**recipe.protect, "seed": recipe.seed, "surrogate": surrogate_settings},
+                             explicit=recipe.protect, where=f"{where} [protect]")
     verify = plan_verification(recipe)
     return RunPlan(recipe=recipe, run_dir=os.path.join(runs_dir, recipe.name), surrogate=surrogate,
                    protect=protect, verify=verify)
@@ -210,7 +210,7 @@ def _surrogate_stage(plan: RunPlan, source, device, stage: Stage, progress: bool
 def _generator_config(plan: RunPlan, stage_dir: str):
     if not plan.trains_surrogate:  # the recipe's own surrogate_path, or none at all
         return plan.protect.with_(work_dir=stage_dir)
-    return plan.protect.with_(work_dir=stage_dir, surrogate_path=plan.surrogate_dir)
+    return plan.protect.with_(work_dir=stage_dir).with_settings(surrogate_path=plan.surrogate_dir)
 
 
 def _generator_stage(plan: RunPlan, source, device, stage: Stage, progress: bool) -> dict:
@@ -220,7 +220,7 @@ def _generator_stage(plan: RunPlan, source, device, stage: Stage, progress: bool
     config = _generator_config(plan, stage.path)
     method = build_method(config)
     method.prepare(ProtectContext(source, config, device, stage.path, progress=progress))
-    return {"method": config.method, "base": config.base, "record": method.record()}
+    return {"method": config.method, "settings": config.settings.to_json(), "record": method.record()}
 
 
 def _shards_stage(plan: RunPlan, source, device, stage: Stage, progress: bool) -> dict:

@@ -5,7 +5,8 @@ name = "digits"            # run directory runs/<name>/
 source = "digits"          # any SOURCE spec string
 seed = 0
 [surrogate]                # clean surrogate: TrainConfig fields (backbone, epochs, batch_size, …)
-[protect]                  # ProtectConfig fields (method, base, epsilon, epochs, lambda_intra, …)
+[protect]                  # mtlue.protect.protect_config options: the common ones (method, epsilon, …) and
+                           # those of the chosen method (mtlue: base, epochs, lambda_intra, …; lsp: fusion, …)
 [store]                    # shard_size
 [victims]                  # TrainConfig fields shared by every attacker profile, plus the grid:
                            # weightings, seeds, defenses, defense_weightings, defense_profiles, stl

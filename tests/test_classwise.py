@@ -11,7 +11,8 @@ from mtlue.data import open_source
 from mtlue.data.base import Batch, TaskSpec
 from mtlue.protect import method_class
 from mtlue.protect.ar import ARMethod
-from mtlue.protect.base import ProtectConfig, ProtectContext
+from mtlue.protect import protect_config
+from mtlue.protect.base import ProtectContext
 from mtlue.protect.classwise import fusion_grid_size
 from mtlue.protect.driver import protect_source
 from mtlue.protect.lsp import LSPMethod
@@ -28,7 +29,7 @@ def source():
 
 
 def prepared(source, tmp_path, **changes):
-    config = ProtectConfig(**{"method": "lsp", "batch_size": 32, **changes})
+    config = protect_config({"method": "lsp", "batch_size": 32, **changes})
     method = method_class(config.method)(config)
     method.prepare(ProtectContext(source, config, CPU, tmp_path / f"work-{config.method}", progress=False))
     return method
@@ -122,7 +123,7 @@ def test_missing_labels_add_nothing_and_unprotected_tasks_carry_no_label(source,
 
 
 def test_lsp_class_patterns_of_one_task_are_linearly_separable():
-    lsp = LSPMethod(ProtectConfig(method="lsp", seed=5))
+    lsp = LSPMethod(protect_config({"method": "lsp", "seed": 5}))
     table = lsp.build_patterns(TaskSpec("digit", "multiclass", 10), 0, (32, 32, 1))
     patterns = table.reshape(len(table), -1)
     classes = len(patterns)
@@ -156,13 +157,17 @@ def test_protected_store_verifies_and_records_the_method(source, tmp_path, metho
     from cli import main
 
     store = tmp_path / "S"
-    config = ProtectConfig(method=method, fusion=fusion, norm="l2", batch_size=32)
+    config = protect_config(dict(method=method, fusion=fusion, norm="l2", batch_size=32))
     manifest = protect_source(source, store, config, CPU, progress=False)
     verify_store(store)
     result = CliRunner().invoke(main, ["inspect", str(store), "--verify"])
     assert result.exit_code == 0, result.output
     record = json.loads((store / "manifest.json").read_text())["protection"]
     assert record["method"] == method and record["fusion"] == fusion and record["norm"] == "l2"
+    # the shared settings and the class-wise ones only: no surrogate, generator or PGD fields
+    assert set(record["config"]) == {"method", "epsilon", "batch_size", "protect_tasks", "poison_rate", "seed",
+                                     "fusion", "norm"}
+    assert "surrogate" not in record and "base" not in record and "lambda_intra" not in record
     assert len(record["pattern_table_sha256"]) == 64
     assert record["measured_l2_mean"] <= record["target_l2"]
     assert manifest["splits"]["train"]["count"] == 64

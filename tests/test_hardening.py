@@ -19,7 +19,9 @@ from cli import main
 from mtlue.data import open_source
 from mtlue.data.shards import ShardSource
 from mtlue.errors import CheckpointError, IntegrityError, ProtectionError, StoreError
-from mtlue.protect.base import ProtectConfig, ProtectionMethod, SurrogateConfig
+from mtlue.protect import protect_config
+from mtlue.protect.base import ProtectionMethod
+from mtlue.protect.config import SurrogateConfig
 from mtlue.protect.driver import protect_source
 from mtlue.store import StoreWriter, export_source, read_manifest, verify_store
 from mtlue.store.recovery import recover_interrupted_overwrite
@@ -50,8 +52,7 @@ def crafted_checkpoint(path: Path, marker: Path) -> Path:
 def tiny_config(**changes):
     settings = dict(method="mtlue", base="em", epochs=1, batch_size=16, generator_width=8, seed=1,
                     surrogate=SurrogateConfig(backbone="small_cnn"), samples_per_epoch=16)
-    settings.update(changes)
-    return ProtectConfig(**settings)
+    return protect_config({**settings, **changes}, explicit=changes)
 
 
 class FixedDelta(ProtectionMethod):

@@ -13,7 +13,9 @@ from mtlue.models.generator import build_generator, load_generator, resolve_stem
 from mtlue.models.mtl import build_model, save_checkpoint
 from mtlue.protect import em as em_module
 from mtlue.protect import mtlue_method, surrogate
-from mtlue.protect.base import ProtectConfig, ProtectContext, SurrogateConfig
+from mtlue.protect import protect_config
+from mtlue.protect.base import ProtectContext
+from mtlue.protect.config import MTLUEConfig, SurrogateConfig
 from mtlue.protect.driver import protect_source
 from mtlue.protect.em import EMMethod
 from mtlue.protect.mtlue_method import MTLUEMethod
@@ -37,8 +39,7 @@ def source():
 def tiny_config(**changes):
     base = dict(method="mtlue", base="em", epochs=1, batch_size=16, generator_width=8, seed=1,
                 surrogate=SurrogateConfig(backbone="small_cnn"), samples_per_epoch=16, surrogate_steps=2)
-    base.update(changes)
-    return ProtectConfig(**base)
+    return protect_config({**base, **changes}, explicit=changes)  # base keys the method does not read: dropped
 
 
 class SizedSource(Source):
@@ -73,11 +74,11 @@ def test_an_explicit_stem_wins_over_the_sources_and_a_bad_one_names_the_option(s
     assert resolve_stem("auto", source) == "cifar"
     assert resolve_stem("imagenet", source) == "imagenet"
     with pytest.raises(ConfigError, match="--generator-stem"):
-        ProtectConfig(generator_stem="vit")
+        MTLUEConfig(generator_stem="vit")
     from cli import main
 
     defaults = {p.name: p.default for p in main.commands["protect"].params}
-    assert defaults["generator_stem"] == ProtectConfig().generator_stem == "auto"
+    assert defaults["generator_stem"] == MTLUEConfig().generator_stem == "auto"
 
 
 def test_the_manifest_records_the_resolved_stem_and_the_generator_is_built_with_it(tmp_path, source):
@@ -99,7 +100,7 @@ def test_a_cached_generator_with_another_stem_is_not_reused(tmp_path, source):
     method = MTLUEMethod(tiny_config())
     method.context, method.stem = ProtectContext(source, tiny_config(), CPU, tmp_path / "key"), "cifar"
     assert method._fingerprint()["generator_stem"] == "cifar"  # the resume key holds the resolved stem
-    assert "generator_stem" in mtlue_method.RESUME_KEYS
+    assert "generator_stem" in tiny_config().resume_settings()
 
 
 def test_a_given_generator_with_another_stem_is_a_config_error(tmp_path, source):

@@ -1,5 +1,6 @@
 """`mtlue protect`: stored bytes, budget checks, poison rate, partial protection, resume, registry, CLI."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -11,8 +12,10 @@ import torch
 from mtlue.data import open_source
 from mtlue.errors import ConfigError, ProtectionError
 from mtlue.models.generator import load_generator
-from mtlue.protect import METHODS, method_class
-from mtlue.protect.base import ProtectConfig, ProtectionMethod, SurrogateConfig
+from mtlue.protect import METHODS, Registered, method_class
+from mtlue.protect import protect_config
+from mtlue.protect.base import ProtectionMethod
+from mtlue.protect.config import MTLUEConfig, SurrogateConfig
 from mtlue.protect.driver import apply_perturbation, protect_source
 from mtlue.protect.mtlue_method import MTLUEMethod
 
@@ -29,8 +32,7 @@ def source():
 def tiny_config(**changes):
     base = dict(method="mtlue", base="em", epochs=2, batch_size=16, generator_width=8, seed=1,
                 surrogate=SurrogateConfig(backbone="small_cnn"), samples_per_epoch=32)
-    base.update(changes)
-    return ProtectConfig(**base)
+    return protect_config({**base, **changes}, explicit=changes)  # base keys the method does not read: dropped
 
 
 def stored_images(store: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -72,6 +74,9 @@ def test_stored_bytes_follow_the_apply_rule_and_stay_within_epsilon(tmp_path, so
     assert record["method"] == "mtlue" and record["base"] == "em" and record["epsilon"] == 8.0
     assert record["lambda_intra"] == 20.0 and record["lambda_inter"] == 100.0
     assert len(record["generator_sha256"]) == 64 and record["poisoned_indices"] == "all"
+    settings = {f.name for f in dataclasses.fields(MTLUEConfig)}
+    assert set(record["config"]) == {"method", "epsilon", "batch_size", "protect_tasks", "poison_rate", "seed",
+                                     "surrogate"} | settings  # the method's fields, none of another method's
     assert "round(clip(x*255 + delta*255, 0, 255))" in record["apply_rule"]
     assert not any(p.suffix == ".pt" for p in store.rglob("*"))  # checkpoints stay in the work dir
 
@@ -194,7 +199,7 @@ def test_tap_and_sep_use_the_given_surrogate_checkpoints(tmp_path, source):
 def test_registry_names_missing_and_unknown_methods(monkeypatch):
     with pytest.raises(ConfigError, match="unknown"):
         method_class("nope")
-    monkeypatch.setitem(METHODS, "ghost", "mtlue.protect.ghost_method:Ghost")
+    monkeypatch.setitem(METHODS, "ghost", Registered("mtlue.protect.ghost_method:Ghost", MTLUEConfig))
     with pytest.raises(ConfigError, match="not available"):
         method_class("ghost")
     assert method_class("mtlue") is MTLUEMethod
@@ -202,11 +207,11 @@ def test_registry_names_missing_and_unknown_methods(monkeypatch):
 
 def test_config_rejects_bad_options():
     with pytest.raises(ConfigError, match="--base"):
-        ProtectConfig(base="xyz")
+        protect_config({"base": "xyz"})
     with pytest.raises(ConfigError, match="--poison-rate"):
-        ProtectConfig(poison_rate=1.5)
-    assert ProtectConfig(epochs=10).scaled_milestones() == [6, 8]
-    assert ProtectConfig(epochs=200).scaled_milestones() == [60, 80]
+        protect_config({"poison_rate": 1.5})
+    assert MTLUEConfig(epochs=10).scaled_milestones() == [6, 8]
+    assert MTLUEConfig(epochs=200).scaled_milestones() == [60, 80]
 
 
 def test_cli_protect_writes_a_store_and_refuses_to_clobber_it(tmp_path):
@@ -228,27 +233,42 @@ def test_cli_protect_writes_a_store_and_refuses_to_clobber_it(tmp_path):
 
 def test_two_protect_runs_with_one_seed_write_identical_shards(tmp_path):
     from mtlue.data import open_source
-    from mtlue.protect.base import ProtectConfig, SurrogateConfig
     from mtlue.protect.driver import protect_source
 
     source = open_source("shapes:n=64,size=16,seed=2")
-    config = ProtectConfig(method="mtlue", base="tap", epochs=2, batch_size=16, generator_width=8,
-                           surrogate=SurrogateConfig(epochs=1, batch_size=32))
+    config = protect_config(dict(method="mtlue", base="tap", epochs=2, batch_size=16, generator_width=8,
+                                 surrogate=SurrogateConfig(epochs=1, batch_size=32)))
     first = protect_source(source, tmp_path / "a", config, torch.device("cpu"), progress=False)
     second = protect_source(source, tmp_path / "b", config, torch.device("cpu"), progress=False)
     assert [s["sha256"] for s in first["splits"]["train"]["shards"]] == \
            [s["sha256"] for s in second["splits"]["train"]["shards"]]
 
 
-def test_protect_cli_defaults_are_the_config_defaults():
-    """`mtlue protect --help` shows the defaults a run really uses (the CLI repeats them for click)."""
-    from cli import main
+def test_protect_cli_defaults_are_every_methods_config_defaults():
+    """`mtlue protect --help` shows the defaults a run really uses: an option several methods read
+    (--epochs: mtlue's generator epochs, em's rounds) shows their shared default, or each where they differ."""
+    import dataclasses
 
-    defaults = {p.name: p.default for p in main.commands["protect"].params}
-    config, surrogate = ProtectConfig(), SurrogateConfig()
-    for name in ("method", "base", "epsilon", "epochs", "batch_size", "lr", "lambda_intra", "lambda_inter",
-                 "poison_rate", "seed", "generator_width", "samples_per_epoch", "surrogate_steps", "augment",
-                 "clamp_inputs", "objective", "steps", "fusion", "norm"):
-        assert defaults[name] == getattr(config, name), name
-    assert defaults["surrogate_backbone"] == surrogate.backbone
-    assert defaults["surrogate_epochs"] == surrogate.epochs
+    from cli import main
+    from mtlue.protect import METHODS
+    from mtlue.protect.config import ProtectConfig
+
+    params = {p.name: p for p in main.commands["protect"].params}
+    per_option: dict = {}
+    for name, entry in METHODS.items():
+        for f in dataclasses.fields(entry.settings):
+            per_option.setdefault(f.metadata.get("option") or f.name, {})[name] = f.default
+    for option, defaults in per_option.items():
+        if option not in params:
+            continue
+        if len({repr(v) for v in defaults.values()}) == 1:
+            assert params[option].default == next(iter(defaults.values())), option
+        else:
+            assert params[option].default is None, option
+            assert all(f"{m} {v}" in params[option].help for m, v in defaults.items()), option
+    assert {"base", "epochs", "lr", "generator_width", "augment", "surrogate_steps", "clamp_inputs", "steps",
+            "objective", "fusion", "norm"} <= set(per_option) & set(params)
+    for name in ("method", "epsilon", "batch_size", "poison_rate", "seed"):
+        assert params[name].default == getattr(ProtectConfig(), name), name
+    assert params["surrogate_backbone"].default == SurrogateConfig().backbone
+    assert params["surrogate_epochs"].default == SurrogateConfig().epochs

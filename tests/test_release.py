@@ -18,7 +18,7 @@ from mtlue.data import open_source
 from mtlue.data.base import Sample, Source, TaskSpec
 from mtlue.data.shards import ShardSource
 from mtlue.errors import ConfigError, StoreError
-from mtlue.protect.base import ProtectConfig
+from mtlue.protect import protect_config
 from mtlue.protect.driver import protect_source
 from mtlue.release import FORMATS, release_store
 from mtlue.store import export_source, update_manifest
@@ -55,7 +55,7 @@ def gray_store(tmp_path_factory):
 def protected_store(tmp_path_factory):
     """The train split of a 40-image shapes set protected with LSP (no training needed)."""
     store = tmp_path_factory.mktemp("protected") / "P"
-    config = ProtectConfig(method="lsp", batch_size=32, seed=1)
+    config = protect_config(dict(method="lsp", batch_size=32, seed=1))
     protect_source(open_source("shapes:n=40,size=16,seed=1"), store, config, torch.device("cpu"), progress=False,
                    shard_size=16)
     return store

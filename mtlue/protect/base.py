@@ -1,4 +1,4 @@
-"""Protection configuration, the ProtectionMethod interface and the shared run context.
+"""The ProtectionMethod interface and the shared run context (configuration: mtlue.protect.config).
 
 A method turns a multi-task train split into per-sample perturbations δ with ‖δ‖∞ ≤ ε
 (ε in 1/255 units in the config). The driver asks it for δ batch by batch and writes
@@ -8,7 +8,6 @@ A method turns a multi-task train split into per-sample perturbations δ with �
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -17,140 +16,7 @@ import torch
 
 from mtlue.data.base import Batch, Source
 from mtlue.errors import ConfigError
-
-BASES = ("em", "tap", "sep")
-OBJECTIVES = ("total", "dgba")
-FUSIONS = ("average", "patch")
-NORMS = ("linf", "l2")
-CLASSWISE_METHODS = ("lsp", "ar")
-AUGMENTS = ("crop_flip", "crop", "none")
-GENERATOR_STEMS = ("auto", "cifar", "imagenet")
-
-
-@dataclass(frozen=True)
-class SurrogateConfig:
-    """How the clean surrogate (TAP/SEP, and the baselines) is trained with `mtlue.train.train_model`."""
-
-    backbone: str = "small_cnn"
-    epochs: int = 6  # paper: 60 (ResNet-18); 6 small_cnn epochs keep a CPU run on digits at a minute
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    num_checkpoints: int = 15  # SEP ensemble size
-    checkpoint_every: int = 0  # 0 = max(1, epochs // num_checkpoints)
-    weighting: str = "ew"
-
-    @property
-    def checkpoint_interval(self) -> int:
-        return self.checkpoint_every or max(1, self.epochs // self.num_checkpoints)
-
-
-@dataclass(frozen=True)
-class ProtectConfig:
-    """Everything a protection run needs; built once from the CLI or a recipe.
-
-    epsilon is in 1/255 units (8 → 8/255). `epochs` caps the generator's outer iterations
-    (MTL-UE) and `steps` is the per-sample PGD step count (baselines). Defaults are the recipe
-    measured to protect `digits` on a 2-core CPU in about 4 minutes (EM base, 8 full passes, lr 2e-3,
-    width 16, 10 surrogate steps per pass, no EOT); the paper's scale is base tap, generator_width=64,
-    epochs=100, lr 1e-3, augment crop_flip, surrogate ResNet-18 for 60 epochs. `milestones` are the
-    generator MultiStepLR epochs, scaled to `epochs` when the cap is shorter than the last one.
-    """
-
-    method: str = "mtlue"
-    base: str = "em"
-    epsilon: float = 8.0
-    epochs: int = 8  # paper: up to 100 outer iterations
-    batch_size: int = 128
-    lr: float = 2e-3  # paper 1e-3 over up to 100 passes; doubled for 8
-    weight_decay: float = 1e-4
-    milestones: tuple = (60, 80)
-    gamma: float = 0.1
-    lambda_intra: float = 20.0
-    lambda_inter: float = 100.0
-    protect_tasks: tuple | None = None  # None = every task
-    poison_rate: float = 1.0
-    seed: int = 0
-    surrogate_path: str | None = None
-    generator_path: str | None = None
-    surrogate: SurrogateConfig = field(default_factory=SurrogateConfig)
-    objective: str = "total"  # baselines: total | dgba
-    steps: int | None = None  # baselines: PGD steps (None: the method's published count, em 20 / tap 250 / sep 30)
-    step_size: float | None = None  # baselines: 1/255 units; None = method default
-    fusion: str = "average"  # class-wise baselines: average | patch
-    norm: str | None = None  # class-wise baselines: linf | l2 (None: l2, the LSP/AR papers' budget)
-    stop_error: float = 0.01  # EM: stop when poisoned-train error <= this
-    surrogate_steps: int = 10  # EM: surrogate mini-batches per outer iteration (paper 2 per ~300-step pass)
-    generator_width: int = 16  # stem channels of the generator (paper: 64; 16 keeps CPU runs at minutes)
-    generator_stem: str = "auto"  # encoder stem: cifar (3x3) | imagenet (7x7/2 + maxpool) | auto (the source's)
-    samples_per_epoch: int = 0  # samples per outer iteration (0 = the whole split, as the paper)
-    clamp_gradient: str = "straight_through"  # generator: straight_through | zero (the reference code's)
-    augment: str = "none"  # EOT before the surrogate: none (mtlue's victims train unaugmented) | crop | crop_flip (paper)
-    clamp_inputs: bool = True  # clip x+δ to [0,1] in training as the stored bytes will be (the paper does not)
-    work_dir: str | None = None
-
-    def __post_init__(self):
-        if self.base not in BASES:
-            raise ConfigError(f"--base {self.base!r}: one of {', '.join(BASES)}")
-        if self.objective not in OBJECTIVES:
-            raise ConfigError(f"--objective {self.objective!r}: one of {', '.join(OBJECTIVES)}")
-        if self.fusion not in FUSIONS:
-            raise ConfigError(f"--fusion {self.fusion!r}: one of {', '.join(FUSIONS)}")
-        if self.norm is not None and self.norm not in NORMS:
-            raise ConfigError(f"--norm {self.norm!r}: one of {', '.join(NORMS)}")
-        if self.norm == "l2" and self.method not in CLASSWISE_METHODS:
-            raise ConfigError(f"--norm l2 applies to the class-wise baselines ({', '.join(CLASSWISE_METHODS)}); "
-                              f"--method {self.method} perturbs within the L∞ ball only")
-        if self.steps is not None and self.steps < 1:
-            raise ConfigError(f"--steps {self.steps}: must be >= 1")
-        if not 0 < self.epsilon <= 255:
-            raise ConfigError(f"--epsilon {self.epsilon}: must be in (0, 255] (1/255 units)")
-        if not 0.0 <= self.poison_rate <= 1.0:
-            raise ConfigError(f"--poison-rate {self.poison_rate}: must be in [0, 1]")
-        if self.clamp_gradient not in ("straight_through", "zero"):
-            raise ConfigError(f"--clamp-gradient {self.clamp_gradient!r}: one of straight_through, zero")
-        if self.generator_stem not in GENERATOR_STEMS:
-            raise ConfigError(f"--generator-stem {self.generator_stem!r}: one of {', '.join(GENERATOR_STEMS)}")
-        if self.augment not in AUGMENTS:
-            raise ConfigError(f"--augment {self.augment!r}: one of {', '.join(AUGMENTS)}")
-        if self.epochs < 1:
-            raise ConfigError(f"--epochs {self.epochs}: must be >= 1")
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch-size {self.batch_size}: must be >= 1")
-
-    @property
-    def uses_clean_surrogate(self) -> bool:
-        """TAP and SEP (MTL-UE bases or per-sample baselines) perturb against a clean surrogate;
-        EM trains its own from scratch and the class-wise baselines need none."""
-        base = self.base if self.method == "mtlue" else self.method
-        return base in ("tap", "sep")
-
-    @property
-    def pattern_norm(self) -> str:
-        """The class-wise budget in force: --norm, else L2 as the LSP and AR papers use."""
-        return self.norm or "l2"
-
-    @property
-    def eps(self) -> float:
-        """ε as a fraction of the [0, 1] pixel range."""
-        return self.epsilon / 255.0
-
-    def scaled_milestones(self) -> list[int]:
-        """MultiStepLR milestones in outer iterations: paper's [60, 80] of 100, scaled to a shorter cap."""
-        last = max(self.milestones) if self.milestones else 0
-        if last < self.epochs:
-            return [int(m) for m in self.milestones]
-        scale = self.epochs / 100.0
-        return sorted({max(1, int(round(m * scale))) for m in self.milestones})
-
-    def to_json(self) -> dict:
-        d = asdict(self)
-        d["milestones"] = list(self.milestones)
-        d["protect_tasks"] = list(self.protect_tasks) if self.protect_tasks is not None else None
-        return d
-
-    def with_(self, **changes) -> "ProtectConfig":
-        return replace(self, **changes)
+from mtlue.protect.config import ProtectConfig
 
 
 class ProtectContext:
@@ -255,6 +121,7 @@ class ProtectionMethod:
 
     def __init__(self, config: ProtectConfig):
         self.config = config
+        self.settings = config.settings  # this method's own config (mtlue.protect.config)
         self.context: ProtectContext | None = None
 
     def prepare(self, context: ProtectContext) -> None:

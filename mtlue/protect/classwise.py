@@ -185,8 +185,8 @@ class ClasswiseMethod(ProtectionMethod):
         fsync_replace(str(tmp), str(path))
 
     def delta_for(self, labels: dict, masks: dict) -> np.ndarray:
-        fused = self.table.fuse(labels, masks, self.config.fusion, self.protected)
-        return scale_to_budget(fused, self.config.pattern_norm, self.config.eps, self.target_l2)
+        fused = self.table.fuse(labels, masks, self.settings.fusion, self.protected)
+        return scale_to_budget(fused, self.settings.pattern_norm, self.config.eps, self.target_l2)
 
     def perturb(self, batch, device) -> np.ndarray:
         if self.table is None:
@@ -216,10 +216,10 @@ class ClasswiseMethod(ProtectionMethod):
                 "measured_over": f"{count} train samples ({self.context.split}), all label vectors"}
 
     def record(self) -> dict:
-        cfg = self.config
+        cfg, settings = self.config, self.settings
         info = {
-            "norm": cfg.pattern_norm,
-            "fusion": cfg.fusion,
+            "norm": settings.pattern_norm,
+            "fusion": settings.fusion,
             "seed": cfg.seed,
             "pattern_tasks": list(self.table.task_names) if self.table else [],
             "pattern_classes": {n: int(len(p)) for n, p in self.table.patterns.items()} if self.table else {},
@@ -227,12 +227,12 @@ class ClasswiseMethod(ProtectionMethod):
             "pattern_protected_tasks": list(self.protected),
             "unprotected_task_rule": "mean of the task's class patterns",
             "missing_label_rule": "zero pattern",
-            "target_l2": self.target_l2 if cfg.pattern_norm == "l2" else None,
-            "target_l2_rule": self.l2_rule if cfg.pattern_norm == "l2" else None,
+            "target_l2": self.target_l2 if settings.pattern_norm == "l2" else None,
+            "target_l2_rule": self.l2_rule if settings.pattern_norm == "l2" else None,
             "target_linf": cfg.eps,
-            "l2_then_linf_clip": cfg.pattern_norm == "l2",
+            "l2_then_linf_clip": settings.pattern_norm == "l2",
         }
-        if cfg.fusion == "patch" and self.table:
+        if settings.fusion == "patch" and self.table:
             info["fusion_grid"] = fusion_grid_size(len(self.table.task_names))
         info.update(self.method_fields())
         info.update(self.budget)

@@ -19,7 +19,7 @@ import torch
 
 from mtlue.data.base import Batch, Source
 from mtlue.errors import ConfigError, MtlueError, ProtectionError, StoreError
-from mtlue.protect.base import CLASSWISE_METHODS, ProtectConfig, ProtectContext
+from mtlue.protect.base import ProtectConfig, ProtectContext
 from mtlue.store.layout import dumps_json, write_text_atomic
 
 APPLY_RULE = ("stored = round(clip(x*255 + delta*255, 0, 255)) as uint8 (round half to even), then within "
@@ -174,39 +174,40 @@ def protect_batch(batch: Batch, method, config: ProtectConfig, poisoned: np.ndar
 
 
 def protection_record(config: ProtectConfig, method, context: ProtectContext) -> dict:
-    """The manifest's `protection` block (JSON-able)."""
-    record = {
-        "method": config.method,
-        "base": config.base if config.method == "mtlue" else None,
+    """The manifest's `protection` block (JSON-able): the shared settings, the method's own settings
+    (`config` holds both, nothing of other methods) and what the method reports."""
+    settings = config.settings
+    record = {"method": config.method}
+    if config.method == "mtlue":
+        record["base"] = settings.base
+    record.update({
         "epsilon": config.epsilon,
         "epsilon_units": "1/255",
-        "norm": config.pattern_norm if config.method in CLASSWISE_METHODS else "linf",
+        "norm": settings.budget_norm,
         "apply_rule": APPLY_RULE,
         "seed": config.seed,
-        "lambda_intra": config.lambda_intra,
-        "lambda_inter": config.lambda_inter,
         "poison_rate": config.poison_rate,
         "protected_tasks": list(context.protected_tasks),
         "split": "train",
         "world_size": 1,
         "batch_size": config.batch_size,
         "world_size_x_batch": f"1 x {config.batch_size}",
-        "surrogate": context.surrogate_info or _surrogate_settings(config),
-        "config": {k: v for k, v in config.to_json().items() if k != "work_dir"},  # the owner's machine, not the data's
-        "software": _software(),
-    }
+    })
+    if settings.uses_surrogate:
+        record["surrogate"] = context.surrogate_info or _surrogate_settings(config)
+    record["config"] = {k: v for k, v in config.to_json().items() if k != "work_dir"}  # the owner's machine, not the data's
+    record["software"] = _software()
     record.update(method.record())
-    record.setdefault("generator_sha256", None)
     return json.loads(json.dumps(record, default=str))
 
 
 def _surrogate_settings(config: ProtectConfig) -> dict:
     settings = config.surrogate
     info = {"backbone": settings.backbone, "epochs": settings.epochs, "batch_size": settings.batch_size}
-    if config.base == "em" and config.method == "mtlue":
+    if config.method == "mtlue" and config.settings.base == "em":
         info["source"] = "trained from scratch alternately with the generator (EM)"
-    if config.surrogate_path:
-        info["path"] = config.surrogate_path
+    if getattr(config.settings, "surrogate_path", None):
+        info["path"] = config.settings.surrogate_path
     return info
 
 

@@ -1,7 +1,7 @@
 """EM per-sample baseline: error-minimising noise, min-min (Huang et al., ICLR 2021).
 
 Alternate until every classification task's error on the poisoned train split is ≤ stop_error (1 %) or
-`epochs` rounds have run: (1) `surrogate_steps` Adam steps (gradient clip 5) of a surrogate trained from
+`rounds` (--epochs) rounds have run: (1) `surrogate_steps` Adam steps (gradient clip 5) of a surrogate trained from
 scratch on x + δ, the loop MTL-UE's EM base shares (`surrogate.train_on_poisoned`);
 (2) for every sample, PGD-L∞ that *minimises* the task losses from x + δ (20 steps of 0.8/255,
 `--objective total|dgba`). δ starts as U(−ε, ε). State (δ, surrogate, optimiser, round) is saved
@@ -32,9 +32,9 @@ class EMMethod(ProtectionMethod):
 
     def prepare(self, context) -> None:
         super().prepare(context)
-        config = self.config
-        self.steps = steps_or_default(config, PUBLISHED_STEPS)
-        self.alpha = step_size_or_default(config, PUBLISHED_STEP_SIZE)
+        config, settings = self.config, self.settings
+        self.steps = steps_or_default(settings, PUBLISHED_STEPS)
+        self.alpha = step_size_or_default(settings, PUBLISHED_STEP_SIZE)
         height, width, channels = context.source.image_shape
         indices = np.concatenate([b.index for b in context.batches(4096)])
         self.position = {int(index): p for p, index in enumerate(indices)}
@@ -52,26 +52,23 @@ class EMMethod(ProtectionMethod):
                     self.delta, start, self.history = state["delta"], state["round"], list(state["history"])
                     model.load_state_dict(state["model"])
                     optimiser.load_state_dict(state["optimiser"])
-        finished = bool(self.history) and self.history[-1] <= config.stop_error
-        for round_index in range(start, config.epochs if not finished else start):
+        finished = bool(self.history) and self.history[-1] <= settings.stop_error
+        for round_index in range(start, settings.rounds if not finished else start):
             self._train_surrogate(model, optimiser, round_index)
             error = self._update_noise(model)
             self.history.append(error)
             atomic_torch_save({"key": key, "delta": self.delta, "round": round_index + 1, "history": self.history,
                                "model": model.state_dict(), "optimiser": optimiser.state_dict()}, state_path)
             context.iteration_done(round_index)
-            if error <= config.stop_error:
+            if error <= settings.stop_error:
                 break
 
     def _state_key(self) -> str:
-        """JSON of every input of the saved δ: the settings it was optimised with and the data.
-        The round cap (`epochs`) is left out so a resumed run may be given more rounds."""
+        """JSON of every input of the saved δ: the resume settings it was optimised with and the data.
+        The round cap (`rounds`) is left out so a resumed run may be given more rounds."""
         import json
 
-        settings = self.config.to_json()
-        for name in ("epochs", "work_dir", "generator_path", "method"):
-            settings.pop(name, None)
-        return json.dumps({"settings": settings, "steps": self.steps, "step_size": self.alpha,
+        return json.dumps({"settings": self.config.resume_settings(), "steps": self.steps, "step_size": self.alpha,
                            "surrogate_rules": EM_SURROGATE_RULES, "data": self.context.data_identity()},
                           sort_keys=True, default=str)
 
@@ -85,13 +82,13 @@ class EMMethod(ProtectionMethod):
         order = torch.Generator().manual_seed(config.seed * 1000 + round_index)
         loader = context.train_loader(config.batch_size, shuffle=True, generator=order)
         train_on_poisoned(model, optimiser, loader, lambda x, labels, masks, index: self._poisoned(x, index)[0],
-                          context.tasks, config.surrogate_steps, context.device)
+                          context.tasks, self.settings.surrogate_steps, context.device)
 
     def _update_noise(self, model) -> float:
         """One PGD pass over all samples from x + δ; returns EM's `PoisonedError` on the new x + δ."""
         context, config = self.context, self.config
         attack = PGD(model, eps=config.eps, alpha=self.alpha, steps=self.steps, random_start=False,
-                     objective=config.objective, targeted=True)
+                     objective=self.settings.objective, targeted=True)
         errors = PoisonedError(context.tasks, context.protected_tasks)
         for batch in context.batches(config.batch_size):
             images, labels, masks = batch_tensors(batch, context.device)
@@ -108,6 +105,7 @@ class EMMethod(ProtectionMethod):
         return delta_array(poisoned, images, self.config.eps)
 
     def record(self) -> dict:
-        return {"steps": self.steps, "step_size": self.alpha * 255, "objective": self.config.objective,
+        settings = self.settings
+        return {"steps": self.steps, "step_size": self.alpha * 255, "objective": settings.objective,
                 "rounds": len(self.history), "poisoned_train_error": self.history[-1] if self.history else None,
-                "stop_error": self.config.stop_error, "surrogate_steps_per_round": self.config.surrogate_steps}
+                "stop_error": settings.stop_error, "surrogate_steps_per_round": settings.surrogate_steps}

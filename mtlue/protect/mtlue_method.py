@@ -27,11 +27,6 @@ from mtlue.protect.surrogate import EM_SURROGATE_RULES, PoisonedError, freeze, f
 
 STATE_FILE = "generator-state.pt"
 GENERATOR_FILE = "generator.pt"
-# Settings that must match for a run to resume from a saved generator state.
-RESUME_KEYS = ("base", "epsilon", "batch_size", "lr", "weight_decay", "milestones", "gamma", "lambda_intra",
-               "lambda_inter", "protect_tasks", "seed", "surrogate", "augment", "generator_width", "samples_per_epoch",
-               "clamp_inputs", "clamp_gradient", "surrogate_steps", "stop_error",
-               "surrogate_path", "generator_stem")  # generator_stem as resolved (never "auto")
 # Rules of the training loop that earlier versions ran otherwise; a state saved under others is retrained.
 LOOP_RULES = {"regulariser": "once per surrogate (SEP: per ensemble member)", "em_surrogate": EM_SURROGATE_RULES}
 REGULARISER_NOTE = ("λ_intra·L_intra + λ_inter·L_inter is added to the base loss of each of the regulariser_scale "
@@ -69,7 +64,7 @@ class MTLUEMethod(ProtectionMethod):
     # -- preparation ------------------------------------------------------------------------
     def prepare(self, context: ProtectContext) -> None:
         super().prepare(context)
-        cfg, device = self.config, context.device
+        cfg, device = self.settings, context.device
         self.protected = context.protected_tasks
         self.stem = resolve_stem(cfg.generator_stem, context.source)
         final_path = context.work_dir / GENERATOR_FILE
@@ -95,19 +90,18 @@ class MTLUEMethod(ProtectionMethod):
         self.generator_sha256 = weights_sha256(self.generator)
 
     def _fingerprint(self) -> dict:
-        """What a saved generator state must match to be resumed or reused: the settings (the stem as
-        resolved), the LR schedule actually in force (it depends on the epoch cap), the loop's rules
-        and the data it was trained on."""
-        d = self.config.to_json()
-        key = {k: d[k] for k in RESUME_KEYS}
-        key.update(generator_stem=self.stem, schedule=self.config.scaled_milestones(), rules=LOOP_RULES,
+        """What a saved generator state must match to be resumed or reused: the resume settings (the stem
+        as resolved, never "auto"; not the epoch cap), the LR schedule actually in force (it depends on
+        the cap), the loop's rules and the data it was trained on."""
+        key = self.config.resume_settings()
+        key.update(generator_stem=self.stem, schedule=self.settings.scaled_milestones(), rules=LOOP_RULES,
                    data=self.context.data_identity())
         return json.loads(json.dumps(key))
 
     def _finished_with_these_settings(self, meta: dict) -> bool:
         """A saved final generator is reused when it was trained with these settings to its end."""
         history = meta.get("history", [])
-        finished = len(history) == self.config.epochs or bool(history and history[-1].get("stop"))
+        finished = len(history) == self.settings.epochs or bool(history and history[-1].get("stop"))
         return meta.get("fingerprint") == self._fingerprint() and finished
 
     def _check_generator(self, path: Path) -> None:
@@ -117,15 +111,15 @@ class MTLUEMethod(ProtectionMethod):
                               f"not this source's")
         if abs(self.generator.epsilon - self.config.eps) > 1e-9:
             raise ConfigError(f"--generator {path}: its ε is {self.generator.epsilon * 255:g}/255, not --epsilon {self.config.epsilon:g}")
-        requested = self.config.generator_stem
+        requested = self.settings.generator_stem
         if requested != "auto" and self.generator.stem != requested:
             raise ConfigError(f"--generator {path}: built with the {self.generator.stem} stem, "
                               f"not --generator-stem {requested}")
 
     def _train(self, context: ProtectContext) -> None:
-        cfg, device = self.config, context.device
-        torch.manual_seed(cfg.seed)
-        generator = build_generator(context.tasks, context.source.image_shape, cfg.eps, self.stem,
+        cfg, device = self.settings, context.device
+        torch.manual_seed(self.config.seed)
+        generator = build_generator(context.tasks, context.source.image_shape, self.config.eps, self.stem,
                                     width=cfg.generator_width).to(device)
         generator.straight_through = cfg.clamp_gradient == "straight_through"
         optimiser = torch.optim.Adam(generator.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -168,21 +162,22 @@ class MTLUEMethod(ProtectionMethod):
 
     def _surrogates(self, context):
         """EM: a fresh trainable model (+ its optimiser); TAP: [clean surrogate]; SEP: its checkpoints."""
-        cfg = self.config
+        cfg = self.settings
         if cfg.base == "tap":
             return [context.clean_surrogate()], None
         if cfg.base == "sep":
             return context.surrogate_ensemble(), None
-        model, optimiser = fresh_surrogate(context, cfg.seed + 1)
+        model, optimiser = fresh_surrogate(context, self.config.seed + 1)
         return [model], optimiser
 
     def _outer_iteration(self, iteration, generator, optimiser, surrogates, surrogate_optimiser, augment) -> dict:
         """One pass of generator steps (+ EM surrogate steps and stop test); deterministic given seed+iteration."""
-        cfg, context, device = self.config, self.context, self.context.device
+        cfg, context, device = self.settings, self.context, self.context.device
+        seed, batch_size = self.config.seed, self.config.batch_size
         # Per-iteration seeds make a resumed run replay exactly what an uninterrupted one does.
-        torch.manual_seed(cfg.seed * 100003 + iteration)
-        order = torch.Generator().manual_seed(cfg.seed * 100003 + iteration)
-        loader = context.train_loader(cfg.batch_size, shuffle=True, generator=order, num_samples=cfg.samples_per_epoch)
+        torch.manual_seed(seed * 100003 + iteration)
+        order = torch.Generator().manual_seed(seed * 100003 + iteration)
+        loader = context.train_loader(batch_size, shuffle=True, generator=order, num_samples=cfg.samples_per_epoch)
         for model in surrogates:
             freeze(model)
         generator.train()
@@ -214,7 +209,7 @@ class MTLUEMethod(ProtectionMethod):
         The reference's SEP recomputes δ and backpropagates loss_m + regulariser for every checkpoint
         before one Adam step, so the regulariser's gradient is M times; δ is computed once here, which
         gives the same gradient (the generator is unchanged until the step)."""
-        cfg = self.config
+        cfg = self.settings
         delta = generator(x, labels, masks, self.protected)
         poisoned = augment(self._poison(x, delta))
         loss_b = sum(base_loss(cfg.base, self.context.tasks, model(poisoned), labels, masks, "total", self.protected)
@@ -225,13 +220,13 @@ class MTLUEMethod(ProtectionMethod):
 
     def _poison(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         """x + δ, clipped to [0, 1] when clamp_inputs (what the store will hold, up to rounding)."""
-        return (x + delta).clamp(0.0, 1.0) if self.config.clamp_inputs else x + delta
+        return (x + delta).clamp(0.0, 1.0) if self.settings.clamp_inputs else x + delta
 
     def _train_surrogate_steps(self, generator, model, optimiser, augment, iteration) -> None:
         """EM's alternating step: `train_on_poisoned` on aug(x + G(x,y)), a loader seeded by the iteration."""
-        cfg, context = self.config, self.context
-        order = torch.Generator().manual_seed(cfg.seed * 100003 + iteration + 50021)
-        loader = context.train_loader(cfg.batch_size, shuffle=True, generator=order)
+        cfg, context = self.settings, self.context
+        order = torch.Generator().manual_seed(self.config.seed * 100003 + iteration + 50021)
+        loader = context.train_loader(self.config.batch_size, shuffle=True, generator=order)
         generator.eval()
 
         def poison(x, labels, masks, index):
@@ -242,12 +237,12 @@ class MTLUEMethod(ProtectionMethod):
     @torch.no_grad()
     def _poisoned_error(self, generator, model) -> float:
         """EM stop test: `PoisonedError` of the surrogate on the poisoned train split (generator in eval mode)."""
-        cfg, context, device = self.config, self.context, self.context.device
+        cfg, context, device = self.settings, self.context, self.context.device
         generator.eval()
         model.eval()
         errors, count = PoisonedError(context.tasks, self.protected), 0
         limit = cfg.samples_per_epoch or context.num_samples  # a CPU-sized run tests a prefix of the split
-        for batch in context.batches(max(cfg.batch_size, 256)):
+        for batch in context.batches(max(self.config.batch_size, 256)):
             if count >= limit:
                 break
             x, labels, masks = batch_tensors(batch, device)
@@ -263,7 +258,7 @@ class MTLUEMethod(ProtectionMethod):
         return delta.permute(0, 2, 3, 1).float().cpu().numpy()
 
     def record(self) -> dict:
-        cfg = self.config
+        cfg = self.settings
         info = {"generator_sha256": self.generator_sha256, "generator_sha256_of": "state-dict tensors (weights_sha256)", "lambda_intra": cfg.lambda_intra,
                 "lambda_inter": cfg.lambda_inter, "generator_epochs": len(self.history),
                 "generator_epoch_cap": cfg.epochs, "generator_lr": cfg.lr, "generator_weight_decay": cfg.weight_decay,

@@ -13,14 +13,14 @@ import torch
 from mtlue.data.base import TaskSpec
 
 
-def steps_or_default(config, default: int) -> int:
-    """config.steps when set (not None), else the method's published default."""
-    return int(config.steps) if getattr(config, "steps", None) is not None else default
+def steps_or_default(settings, default: int) -> int:
+    """settings.steps when set (not None), else the method's published default."""
+    return int(settings.steps) if settings.steps is not None else default
 
 
-def step_size_or_default(config, default: float) -> float:
-    """config.step_size (1/255 units) as a fraction of the pixel range, else `default` (already a fraction)."""
-    return config.step_size / 255.0 if config.step_size is not None else default
+def step_size_or_default(settings, default: float) -> float:
+    """settings.step_size (1/255 units) as a fraction of the pixel range, else `default` (already a fraction)."""
+    return settings.step_size / 255.0 if settings.step_size is not None else default
 
 
 def only_protected(masks: dict, protected: tuple) -> dict:

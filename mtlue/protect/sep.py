@@ -27,8 +27,8 @@ class SEPMethod(ProtectionMethod):
 
     def prepare(self, context) -> None:
         super().prepare(context)
-        self.steps = steps_or_default(self.config, PUBLISHED_STEPS)
-        self.alpha = step_size_or_default(self.config, PUBLISHED_STEP_SIZE)
+        self.steps = steps_or_default(self.settings, PUBLISHED_STEPS)
+        self.alpha = step_size_or_default(self.settings, PUBLISHED_STEP_SIZE)
         self.ensemble = CheckpointEnsemble(context.surrogate_ensemble(), context.tasks)
 
     def perturb(self, batch, device) -> np.ndarray:
@@ -37,11 +37,11 @@ class SEPMethod(ProtectionMethod):
         targets, targeted = base_targets("sep", context.tasks, labels)
         ensemble = self.ensemble
         attack = PGD(ensemble, eps=self.config.eps, alpha=self.alpha, steps=self.steps, random_start=False,
-                     objective=self.config.objective, targeted=ensemble.replicate(targeted))
+                     objective=self.settings.objective, targeted=ensemble.replicate(targeted))
         masks = only_protected(masks, context.protected_tasks)
         adversarial = attack(images, ensemble.replicate(targets), ensemble.replicate(masks))
         return delta_array(adversarial, images, self.config.eps)
 
     def record(self) -> dict:
-        return {"steps": self.steps, "step_size": self.alpha * 255, "objective": self.config.objective,
+        return {"steps": self.steps, "step_size": self.alpha * 255, "objective": self.settings.objective,
                 "ensemble_size": len(self.ensemble.members), "attack": "pgd-linf, no random start"}

@@ -149,7 +149,7 @@ def _surrogate_info(context) -> dict:
 
 def load_or_train_surrogate(context):
     """(frozen clean surrogate on context.device, info dict); --surrogate wins over the cache."""
-    given = context.config.surrogate_path
+    given = context.config.settings.surrogate_path
     if given:
         path = Path(given)
         if path.is_dir():
@@ -172,7 +172,7 @@ def _public(info: dict) -> dict:
 
 def surrogate_checkpoint_paths(context) -> list[Path]:
     """SEP ensemble: checkpoints of one clean run (--surrogate DIR: its *.pt; a file: just that file)."""
-    given = context.config.surrogate_path
+    given = context.config.settings.surrogate_path
     if given:
         path = Path(given)
         if path.is_dir():
@@ -187,7 +187,7 @@ def surrogate_checkpoint_paths(context) -> list[Path]:
 def load_ensemble(context) -> tuple[list[torch.nn.Module], dict]:
     """(the SEP checkpoints as frozen models on context.device, info dict naming them)."""
     paths = surrogate_checkpoint_paths(context)
-    given = context.config.surrogate_path
+    given = context.config.settings.surrogate_path
     info = {"source": "given", "path": given} if given else _public(_surrogate_info(context))
     info = dict(info, ensemble=[str(p) for p in paths], ensemble_size=len(paths))
     return [freeze(load_checkpoint(str(p), context.device)[0]) for p in paths], info

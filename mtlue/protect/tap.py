@@ -25,9 +25,9 @@ class TAPMethod(ProtectionMethod):
 
     def prepare(self, context) -> None:
         super().prepare(context)
-        config = self.config
-        self.steps = steps_or_default(config, PUBLISHED_STEPS)
-        self.alpha = step_size_or_default(config, max(0.05 * config.eps, 2.5 * config.eps / self.steps))
+        eps = self.config.eps
+        self.steps = steps_or_default(self.settings, PUBLISHED_STEPS)
+        self.alpha = step_size_or_default(self.settings, max(0.05 * eps, 2.5 * eps / self.steps))
         self.surrogate = context.clean_surrogate()
 
     def perturb(self, batch, device) -> np.ndarray:
@@ -35,10 +35,10 @@ class TAPMethod(ProtectionMethod):
         images, labels, masks = batch_tensors(batch, device)
         targets, targeted = base_targets("tap", context.tasks, labels)
         attack = PGD(self.surrogate, eps=self.config.eps, alpha=self.alpha, steps=self.steps, random_start=False,
-                     objective=self.config.objective, targeted=targeted)
+                     objective=self.settings.objective, targeted=targeted)
         adversarial = attack(images, targets, only_protected(masks, context.protected_tasks))
         return delta_array(adversarial, images, self.config.eps)
 
     def record(self) -> dict:
-        return {"steps": self.steps, "step_size": self.alpha * 255, "objective": self.config.objective,
+        return {"steps": self.steps, "step_size": self.alpha * 255, "objective": self.settings.objective,
                 "attack": "pgd-linf, no random start"}
