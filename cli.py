@@ -401,16 +401,17 @@ def _surrogate_help(text: str) -> str:
 @click.option("--samples-per-epoch", type=int, default=_default("samples_per_epoch"), show_default=True,
               help=_for("samples_per_epoch", "Samples per generator outer iteration (0 = the whole train split, "
                                              "as the paper)."))
-@click.option("--augment", type=click.Choice(["crop_flip", "crop", "none"]), default=_default("augment"),
+@click.option("--augment", type=click.Choice(["auto", "crop_flip", "crop", "none"]), default=_default("augment"),
               show_default=True,
-              help=_for("augment", "EOT augmentation of x+δ before the surrogate: match the victims' training "
-                                   "augmentation (paper crop_flip; mtlue's victims train without, and a flip changes "
-                                   "digits' left/right labels)."))
+              help=_for("augment", "EOT augmentation of x+δ before the surrogate: the attacker's standard "
+                                   "augmentation (auto: random crop, plus flip when every task is flip-safe; a flip "
+                                   "changes digits' left/right labels)."))
 @click.option("--clamp/--no-clamp", "clamp_inputs", default=_default("clamp_inputs"), show_default=True,
               help=_for("clamp_inputs", "Clip x+δ to [0,1] while training the generator, as the stored bytes will "
                                         "be (--no-clamp: the paper's unclipped x+δ)."))
 @click.option("--surrogate-steps", type=int, default=_default("surrogate_steps"), show_default=True,
-              help=_for("surrogate_steps", "EM surrogate mini-batches per outer iteration (mtlue: --base em)."))
+              help=_for("surrogate_steps", "EM surrogate mini-batches per outer iteration (mtlue: --base em; "
+                                                 "0 = one pass over the iteration's samples)."))
 @click.option("--objective", type=click.Choice(["total", "dgba"]), default=_default("objective"), show_default=True,
               help=_for("objective", "How per-task losses combine."))
 @click.option("--steps", type=int, default=_default("steps"),
@@ -453,6 +454,8 @@ def protect(ctx, source, store, surrogate_backbone, surrogate_epochs, protect_ta
     if protect_tasks:
         options["protect_tasks"] = tuple(t.strip() for t in protect_tasks.split(",") if t.strip())
     options["surrogate"] = SurrogateConfig(backbone=surrogate_backbone, epochs=surrogate_epochs)
+    # an option whose default differs by method shows None when not given: each method's own default applies
+    options = {name: value for name, value in options.items() if value is not None or given(name)}
     config = protect_config(options, explicit={name for name in options if name in ctx.params and given(name)})
     manifest = protect_source(open_source(source), store, config, resolve_device(device), work_dir=config.work_dir,
                               overwrite=overwrite, progress=not quiet, shard_size=shard_size)

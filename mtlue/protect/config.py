@@ -20,7 +20,7 @@ BASES = ("em", "tap", "sep")
 OBJECTIVES = ("total", "dgba")
 FUSIONS = ("average", "patch")
 NORMS = ("linf", "l2")
-AUGMENTS = ("crop_flip", "crop", "none")
+AUGMENTS = ("auto", "crop_flip", "crop", "none")
 GENERATOR_STEMS = ("auto", "cifar", "imagenet")
 CLAMP_GRADIENTS = ("straight_through", "zero")
 
@@ -107,8 +107,10 @@ class MethodConfig:
 class MTLUEConfig(MethodConfig):
     """MTL-UE: the label-conditioned generator trained over an EM / TAP / SEP base loss.
 
-    Defaults are the recipe measured to protect `digits` on a 2-core CPU in about 4 minutes (EM base,
-    8 full passes, lr 2e-3, width 16, 10 surrogate steps per pass, no EOT); the paper's scale is base
+    Defaults are the recipe measured to protect natural images and `digits` against attackers who train
+    other architectures, with or without augmentation (EM base, 8 full passes, lr 2e-3, width 16, one
+    surrogate pass per generator pass, EOT over the attacker's crop and, when every task is flip-safe,
+    flip; README "Measured results"); the paper's scale is base
     tap, generator_width=64, epochs=100, lr 1e-3, augment crop_flip, surrogate ResNet-18 for 60 epochs.
     `milestones` are the generator MultiStepLR epochs, scaled to `epochs` when the cap is shorter.
     """
@@ -124,12 +126,15 @@ class MTLUEConfig(MethodConfig):
     surrogate_path: str | None = setting(None)  # TAP/SEP base: a clean surrogate instead of training one
     generator_path: str | None = setting(None, resume=False)  # a trained generator: no training at all
     stop_error: float = setting(0.01)  # EM base: stop when poisoned-train error <= this
-    surrogate_steps: int = setting(10)  # EM base: surrogate mini-batches per outer iteration (paper 2 per ~300-step pass)
+    # EM base: surrogate mini-batches per outer iteration; 0 = one pass over the iteration's samples (the
+    # reference's 2 per pass leave a surrogate that learns δ too slowly for the shortcut to carry over)
+    surrogate_steps: int = setting(0)
     generator_width: int = setting(16)  # stem channels of the generator (paper: 64; 16 keeps CPU runs at minutes)
     generator_stem: str = setting("auto")  # encoder stem: cifar (3x3) | imagenet (7x7/2 + maxpool) | auto (the source's)
     samples_per_epoch: int = setting(0)  # samples per outer iteration (0 = the whole split, as the paper)
     clamp_gradient: str = setting("straight_through")  # straight_through | zero (the reference code's)
-    augment: str = setting("none")  # EOT before the surrogate: none (mtlue's victims train unaugmented) | crop | crop_flip (paper)
+    # EOT before the surrogate: auto (crop_flip when every task is flip-safe, else crop) | crop_flip (paper) | crop | none
+    augment: str = setting("auto")
     clamp_inputs: bool = setting(True)  # clip x+δ to [0,1] in training as the stored bytes will be (the paper does not)
 
     def __post_init__(self):
@@ -138,6 +143,7 @@ class MTLUEConfig(MethodConfig):
         check_choice("generator_stem", self.generator_stem, GENERATOR_STEMS)
         check_choice("augment", self.augment, AUGMENTS)
         check_at_least("epochs", self.epochs, 1)
+        check_at_least("surrogate_steps", self.surrogate_steps, 0)
 
     @property
     def uses_clean_surrogate(self) -> bool:

@@ -10,6 +10,7 @@ and a stop test on the poisoned-train error. Every outer iteration is checkpoint
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 from pathlib import Path
 
@@ -32,6 +33,14 @@ LOOP_RULES = {"regulariser": "once per surrogate (SEP: per ensemble member)", "e
 REGULARISER_NOTE = ("λ_intra·L_intra + λ_inter·L_inter is added to the base loss of each of the regulariser_scale "
                     "surrogates (SEP: its checkpoints, as the reference backpropagates it with every checkpoint), "
                     "so the effective weights are regulariser_scale × λ")
+
+
+def resolve_augment(kind: str, tasks) -> str:
+    """The EOT augmentation in force: `auto` is the attacker's standard augmentation for these tasks,
+    random crop plus a horizontal flip when every task's label survives one (mtlue.augment's rule)."""
+    if kind != "auto":
+        return kind
+    return "crop_flip" if tasks and all(t.flip_safe for t in tasks) else "crop"
 
 
 def make_augment(kind: str, image_shape):
@@ -126,7 +135,7 @@ class MTLUEMethod(ProtectionMethod):
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimiser, cfg.scaled_milestones(), cfg.gamma)
         surrogates, surrogate_optimiser = self._surrogates(context)
         self.regulariser_scale = len(surrogates)
-        augment = make_augment(cfg.augment, context.source.image_shape).to(device)
+        augment = make_augment(resolve_augment(cfg.augment, context.tasks), context.source.image_shape).to(device)
 
         state_path = context.work_dir / STATE_FILE
         start = 0
@@ -232,7 +241,13 @@ class MTLUEMethod(ProtectionMethod):
         def poison(x, labels, masks, index):
             return augment(self._poison(x, generator(x, labels, masks, self.protected)))
 
-        train_on_poisoned(model, optimiser, loader, poison, context.tasks, cfg.surrogate_steps, context.device)
+        train_on_poisoned(model, optimiser, loader, poison, context.tasks, self._surrogate_step_count(), context.device)
+
+    def _surrogate_step_count(self) -> int:
+        """--surrogate-steps, or 0: one pass over the samples an outer iteration's generator steps saw."""
+        cfg = self.settings
+        samples = cfg.samples_per_epoch or self.context.num_samples
+        return cfg.surrogate_steps or max(1, math.ceil(min(samples, self.context.num_samples) / self.config.batch_size))
 
     @torch.no_grad()
     def _poisoned_error(self, generator, model) -> float:
@@ -262,7 +277,9 @@ class MTLUEMethod(ProtectionMethod):
         info = {"generator_sha256": self.generator_sha256, "generator_sha256_of": "state-dict tensors (weights_sha256)", "lambda_intra": cfg.lambda_intra,
                 "lambda_inter": cfg.lambda_inter, "generator_epochs": len(self.history),
                 "generator_epoch_cap": cfg.epochs, "generator_lr": cfg.lr, "generator_weight_decay": cfg.weight_decay,
-                "generator_milestones": cfg.scaled_milestones(), "augment": cfg.augment,
+                "generator_milestones": cfg.scaled_milestones(),
+                "augment": resolve_augment(cfg.augment, self.context.tasks),
+                "surrogate_steps_per_iteration": self._surrogate_step_count() if cfg.base == "em" else None,
                 "clamp_inputs": cfg.clamp_inputs, "samples_per_epoch": cfg.samples_per_epoch,
                 "generator_width": cfg.generator_width, "generator_stem": self.stem,
                 "regulariser_scale": self.regulariser_scale,

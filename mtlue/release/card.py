@@ -74,9 +74,9 @@ def _protection(release: dict) -> list:
             ("protected tasks", ", ".join(protection.get("protected_tasks") or []) or "–"),
             ("split protected", protection.get("split", "train")),
             ("apply rule", protection.get("apply_rule", "–"))]
-    robust = (protection.get("config") or {}).get("augment")
-    if robust and robust != "none":
-        rows.append(("robust option", f"augment = {robust}"))
+    eot = protection.get("augment") or (protection.get("config") or {}).get("augment")
+    if eot and eot != "none":
+        rows.append(("EOT augmentation", f"{eot} (the generator was trained through the attacker's augmentation)"))
     software = {**(protection.get("software") or {}), **release.get("software", {})}
     rows.append(("software", ", ".join(f"{k} {v}" for k, v in software.items())))
     return ["| | |", "|---|---|", *[f"| {k} | {_cell(v)} |" for k, v in rows]]
@@ -146,10 +146,6 @@ def _publishing_rules(release: dict) -> list:
                          f"{_fmt(g.get('worst_learnability'))}, {state}")
     else:
         lines += ["", f"This store's verification ran no defense rows. {README_JPEG_NOTE}"]
-    robust = ((release.get("protection") or {}).get("config") or {}).get("augment")
-    if robust and robust != "none":
-        lines += ["", f"The protection was made with the robust option augment = {robust}; the rules above still "
-                      f"apply unless a defense row above shows the protection holds under that processing."]
     return lines
 
 
