@@ -664,9 +664,15 @@ def verify(store, clean_spec, profiles, weightings, stl, seeds, defenses, defens
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--no-check-store", "no_check_store", is_flag=True, help=_NO_CHECK_HELP)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Change one recipe key for this run (repeatable), e.g. --set protect.base=tap; the value is "
+                   "a TOML literal or a plain string.")
 @reports_errors
-def run(recipe, name, runs_dir, resume, fresh, jobs, device, no_check_store, quiet):
+def run(recipe, name, runs_dir, resume, fresh, jobs, device, no_check_store, quiet, overrides):
     """Protect a dataset and prove it, as a recipe (pipelines/*.toml) says.
+
+    `--set protect.base=tap` changes one recipe key for this run (repeatable; the run is then named
+    after the change, e.g. photos-base=tap, unless --name is given).
 
     Stages: surrogate, generator, shards, victims, report, into RUNS_DIR/NAME/. Exit 0 on
     verdict PASS, 3 on FAIL, 4 on INCONCLUSIVE, 1 on an error.
@@ -680,7 +686,7 @@ def run(recipe, name, runs_dir, resume, fresh, jobs, device, no_check_store, qui
     if resume and fresh:
         raise click.UsageError("--resume and --fresh exclude each other")
     torch_device = resolve_device(device)
-    outcome = run_pipeline(load_recipe(recipe, name), runs_dir, device=torch_device, resume=resume, fresh=fresh,
+    outcome = run_pipeline(load_recipe(recipe, name, overrides), runs_dir, device=torch_device, resume=resume, fresh=fresh,
                            progress=not quiet, log=lambda line: click.echo(line, err=True),
                            jobs=_jobs(jobs, torch_device), check_store=not no_check_store)
     result = VerificationResult.from_json(outcome["report"])

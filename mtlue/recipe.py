@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 
@@ -71,8 +72,46 @@ def _check_keys(path: str, section: str, table: dict, known: set) -> None:
                           f"(known: {', '.join(sorted(known))})")
 
 
-def load_recipe(path: str, name: str | None = None) -> Recipe:
-    """Read and check a recipe file; errors name the file and the key at fault."""
+def parse_override(text: str) -> tuple[tuple[str, ...], object]:
+    """`section.key=value` (or a top-level `key=value`) -> ((section, key), value); the value is read as a
+    TOML literal (8, 0.5, true, ["ew", "uw"], "tap") and taken as a plain string when it is not one."""
+    key, sep, raw = text.partition("=")
+    parts = tuple(p.strip() for p in key.split("."))
+    if not sep or not all(parts) or len(parts) > 2:
+        raise ConfigError(f"--set {text!r}: expected SECTION.KEY=VALUE or KEY=VALUE (e.g. protect.base=tap)")
+    try:
+        value = tomllib.loads(f"value = {raw.strip()}")["value"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return parts, value
+
+
+def apply_overrides(data: dict, overrides, path: str) -> dict:
+    """The recipe's TOML with each `--set` applied (sections must exist or be known; keys are checked later)."""
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for text in overrides:
+        parts, value = parse_override(text)
+        if len(parts) == 1:
+            data[parts[0]] = value
+            continue
+        section, key = parts
+        if section not in ("surrogate", "protect", "store", "victims", "verify"):
+            raise ConfigError(f"--set {text!r}: no recipe section [{section}] (surrogate, protect, store, victims, verify)")
+        table = data.setdefault(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: [{section}] must be a table")
+        table[key] = value
+    return data
+
+
+def override_suffix(overrides) -> str:
+    """`-base=tap` for `--set protect.base=tap`: the default run name of an overridden recipe."""
+    return "".join("-" + re.sub(r"[^A-Za-z0-9_.=+-]+", "", text.partition("=")[0].split(".")[-1] + "="
+                                + text.partition("=")[2].strip().strip('"')) for text in overrides)
+
+
+def load_recipe(path: str, name: str | None = None, overrides=()) -> Recipe:
+    """Read and check a recipe file (with `--set` overrides); errors name the file and the key at fault."""
     if not os.path.isfile(path):
         raise ConfigError(f"{path}: recipe not found")
     try:
@@ -82,6 +121,7 @@ def load_recipe(path: str, name: str | None = None) -> Recipe:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read the recipe ({exc})") from None
+    data = apply_overrides(data, overrides, path)
     unknown = set(data) - TOP_KEYS
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(TOP_KEYS))})")
@@ -102,7 +142,7 @@ def load_recipe(path: str, name: str | None = None) -> Recipe:
         check_value(f"{path} [store]", "shard_size", sections["store"]["shard_size"], 1)
         if sections["store"]["shard_size"] < 1:
             raise ConfigError(f"{path}: [store] shard_size = {sections['store']['shard_size']}: must be >= 1")
-    run_name = name or data.get("name") or os.path.splitext(os.path.basename(path))[0]
+    run_name = name or (data.get("name") or os.path.splitext(os.path.basename(path))[0]) + override_suffix(overrides)
     return Recipe(path=path, name=str(run_name), source=str(data["source"]), seed=int(data.get("seed", 0)),
                   description=str(data.get("description", "")), **sections)
 

@@ -1,0 +1,63 @@
+"""The MTL-UE defaults that make the shortcut carry over to other attackers, and `mtlue run --set`."""
+
+import pytest
+import torch
+
+from mtlue.data import open_source
+from mtlue.data.base import TaskSpec
+from mtlue.errors import ConfigError
+from mtlue.protect import mtlue_method, protect_config, surrogate
+from mtlue.protect.config import MTLUEConfig, SurrogateConfig
+from mtlue.protect.driver import protect_source
+from mtlue.protect.mtlue_method import resolve_augment
+from mtlue.recipe import load_recipe
+
+CPU = torch.device("cpu")
+SPEC = "shapes:n=48,size=16,seed=3"
+
+
+def test_auto_eot_is_the_attackers_standard_augmentation_for_these_tasks():
+    safe = TaskSpec("a", "binary", 2, flip_safe=True)
+    unsafe = TaskSpec("b", "binary", 2, flip_safe=False)
+    assert MTLUEConfig().augment == "auto"
+    assert resolve_augment("auto", (safe,)) == "crop_flip"
+    assert resolve_augment("auto", (safe, unsafe)) == "crop"  # a flip would change b's label
+    assert resolve_augment("none", (safe,)) == "none" and resolve_augment("crop_flip", (unsafe,)) == "crop_flip"
+    assert resolve_augment("auto", open_source("digits").tasks) == "crop"  # mirrored digits swap left and right
+
+
+def test_the_em_surrogate_trains_one_pass_per_generator_pass_by_default(tmp_path, monkeypatch):
+    source = open_source(SPEC)  # 48 train samples of shapes: 3 batches of 16
+    steps = []
+    real = surrogate.train_on_poisoned
+
+    def counting(model, optimiser, loader, poison, tasks, count, device):
+        steps.append(count)
+        return real(model, optimiser, loader, poison, tasks, count, device)
+
+    monkeypatch.setattr(mtlue_method, "train_on_poisoned", counting)
+    base = dict(method="mtlue", base="em", epochs=2, batch_size=16, generator_width=8, seed=1,
+                surrogate=SurrogateConfig(backbone="small_cnn"))
+    record = protect_source(source, tmp_path / "P", protect_config(base), CPU, progress=False)["protection"]
+    assert steps == [3, 3]
+    assert record["surrogate_steps_per_iteration"] == 3
+    assert record["augment"] == resolve_augment("auto", source.tasks) and record["config"]["augment"] == "auto"
+    steps.clear()
+    protect_source(source, tmp_path / "Q", protect_config({**base, "surrogate_steps": 2, "samples_per_epoch": 16}),
+                   CPU, progress=False)
+    assert steps == [2, 2]
+    with pytest.raises(ConfigError, match="--surrogate-steps -1"):
+        MTLUEConfig(surrogate_steps=-1)
+
+
+def test_run_set_changes_one_recipe_key_and_names_the_run_after_it():
+    recipe = load_recipe("pipelines/photos.toml", None, ["protect.base=tap", "victims.seeds=[0]", "seed=3"])
+    assert recipe.protect["base"] == "tap" and recipe.victims["seeds"] == [0] and recipe.seed == 3
+    assert recipe.name == "photos-base=tap-seeds=0-seed=3"
+    assert load_recipe("pipelines/photos.toml", "mine", ["protect.base=sep"]).name == "mine"
+    plain = load_recipe("pipelines/photos.toml")
+    assert plain.protect["base"] == "em" and plain.name == "photos"
+    with pytest.raises(ConfigError, match=r"no recipe section \[protekt\]"):
+        load_recipe("pipelines/photos.toml", None, ["protekt.base=tap"])
+    with pytest.raises(ConfigError, match="SECTION.KEY=VALUE"):
+        load_recipe("pipelines/photos.toml", None, ["protect.base"])
