@@ -409,6 +409,10 @@ def _surrogate_help(text: str) -> str:
 @click.option("--clamp/--no-clamp", "clamp_inputs", default=_default("clamp_inputs"), show_default=True,
               help=_for("clamp_inputs", "Clip x+δ to [0,1] while training the generator, as the stored bytes will "
                                         "be (--no-clamp: the paper's unclipped x+δ)."))
+@click.option("--surrogate-restart/--no-surrogate-restart", "surrogate_restart", default=_default("surrogate_restart"),
+              show_default=True,
+              help=_for("surrogate_restart", "EM base: a freshly initialised surrogate before each surrogate pass, so "
+                                             "the generator fits what a new model learns first."))
 @click.option("--surrogate-steps", type=int, default=_default("surrogate_steps"), show_default=True,
               help=_for("surrogate_steps", "EM surrogate mini-batches per outer iteration (mtlue: --base em; "
                                                  "0 = one pass over the iteration's samples)."))

@@ -61,3 +61,33 @@ def test_run_set_changes_one_recipe_key_and_names_the_run_after_it():
         load_recipe("pipelines/photos.toml", None, ["protekt.base=tap"])
     with pytest.raises(ConfigError, match="SECTION.KEY=VALUE"):
         load_recipe("pipelines/photos.toml", None, ["protect.base"])
+
+
+def test_a_restarted_surrogate_is_a_fresh_model_with_a_fresh_optimiser(tmp_path):
+    from mtlue.protect.base import ProtectContext
+    from mtlue.protect.surrogate import fresh_surrogate, restart_surrogate
+
+    source = open_source(SPEC)
+    config = protect_config(dict(method="mtlue", base="em", batch_size=16, seed=1, surrogate_restart=True))
+    context = ProtectContext(source, config, CPU, tmp_path / "work", progress=False)
+    model, optimiser = fresh_surrogate(context, 5)
+    x = torch.rand(4, 3, 16, 16)
+    sum(o.sum() for o in model(x).values()).backward()
+    optimiser.step()  # the model has moved and Adam holds moments
+    assert optimiser.state
+    restart_surrogate(context, model, optimiser, 9)
+    expected, _ = fresh_surrogate(context, 9)
+    assert not optimiser.state
+    for (name, got), (_, want) in zip(model.state_dict().items(), expected.state_dict().items()):
+        assert torch.equal(got, want), name
+
+
+def test_surrogate_restart_changes_the_generator_and_is_recorded(tmp_path):
+    source = open_source(SPEC)
+    base = dict(method="mtlue", base="em", epochs=2, batch_size=16, generator_width=8, seed=1,
+                surrogate=SurrogateConfig(backbone="small_cnn"))
+    plain = protect_source(source, tmp_path / "A", protect_config(base), CPU, progress=False)["protection"]
+    restarted = protect_source(source, tmp_path / "B", protect_config({**base, "surrogate_restart": True}), CPU,
+                               progress=False)["protection"]
+    assert plain["config"]["surrogate_restart"] is False and restarted["config"]["surrogate_restart"] is True
+    assert plain["generator_sha256"] != restarted["generator_sha256"]

@@ -129,6 +129,9 @@ class MTLUEConfig(MethodConfig):
     # EM base: surrogate mini-batches per outer iteration; 0 = one pass over the iteration's samples (the
     # reference's 2 per pass leave a surrogate that learns δ too slowly for the shortcut to carry over)
     surrogate_steps: int = setting(0)
+    # EM base: re-initialise the surrogate before each pass of surrogate training, so the generator
+    # minimises the loss of a model that has seen the poisoned data once (what a new attacker learns first)
+    surrogate_restart: bool = setting(False)
     generator_width: int = setting(16)  # stem channels of the generator (paper: 64; 16 keeps CPU runs at minutes)
     generator_stem: str = setting("auto")  # encoder stem: cifar (3x3) | imagenet (7x7/2 + maxpool) | auto (the source's)
     samples_per_epoch: int = setting(0)  # samples per outer iteration (0 = the whole split, as the paper)

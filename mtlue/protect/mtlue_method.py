@@ -24,7 +24,8 @@ from mtlue.models.mtl import atomic_torch_save, checkpoint_errors, load_torch_fi
 from mtlue.protect.base import ProtectionMethod, ProtectContext
 from mtlue.protect.objectives import base_loss
 from mtlue.protect.regularisers import embedding_regulariser, inter_task_loss, intra_task_loss
-from mtlue.protect.surrogate import EM_SURROGATE_RULES, PoisonedError, freeze, fresh_surrogate, train_on_poisoned
+from mtlue.protect.surrogate import (EM_SURROGATE_RULES, PoisonedError, freeze, fresh_surrogate, restart_surrogate,
+                                    train_on_poisoned)
 
 STATE_FILE = "generator-state.pt"
 GENERATOR_FILE = "generator.pt"
@@ -240,6 +241,9 @@ class MTLUEMethod(ProtectionMethod):
 
         def poison(x, labels, masks, index):
             return augment(self._poison(x, generator(x, labels, masks, self.protected)))
+
+        if cfg.surrogate_restart:
+            restart_surrogate(context, model, optimiser, self.config.seed * 100003 + iteration + 7919)
 
         train_on_poisoned(model, optimiser, loader, poison, context.tasks, self._surrogate_step_count(), context.device)
 

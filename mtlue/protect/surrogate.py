@@ -49,6 +49,14 @@ def fresh_surrogate(context, seed: int) -> tuple[torch.nn.Module, torch.optim.Op
     return model, torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
 
 
+def restart_surrogate(context, model: torch.nn.Module, optimiser: torch.optim.Optimizer, seed: int) -> None:
+    """Re-initialise `model` in place as `fresh_surrogate(context, seed)` builds it, and forget the
+    optimiser's moments: the next `train_on_poisoned` trains a new model from scratch."""
+    fresh, _ = fresh_surrogate(context, seed)
+    model.load_state_dict(fresh.state_dict())
+    optimiser.state.clear()
+
+
 def train_on_poisoned(model, optimiser, loader, poison, tasks, steps: int, device) -> None:
     """EM's alternating surrogate update: `steps` Adam mini-batches of Σ_t ℓ_t(F(x'), y_t) on poisoned
     x' = poison(x, labels, masks, index) (no gradient to δ), gradient norm clipped to 5.0 (Huang et al.
