@@ -86,7 +86,9 @@ def test_surrogate_restart_changes_the_generator_and_is_recorded(tmp_path):
     source = open_source(SPEC)
     base = dict(method="mtlue", base="em", epochs=2, batch_size=16, generator_width=8, seed=1,
                 surrogate=SurrogateConfig(backbone="small_cnn"))
-    plain = protect_source(source, tmp_path / "A", protect_config(base), CPU, progress=False)["protection"]
+    assert MTLUEConfig().surrogate_restart is True  # the default
+    plain = protect_source(source, tmp_path / "A", protect_config({**base, "surrogate_restart": False}), CPU,
+                           progress=False)["protection"]
     restarted = protect_source(source, tmp_path / "B", protect_config({**base, "surrogate_restart": True}), CPU,
                                progress=False)["protection"]
     assert plain["config"]["surrogate_restart"] is False and restarted["config"]["surrogate_restart"] is True

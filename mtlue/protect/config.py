@@ -109,8 +109,8 @@ class MTLUEConfig(MethodConfig):
 
     Defaults are the recipe measured to protect natural images and `digits` against attackers who train
     other architectures, with or without augmentation (EM base, 8 full passes, lr 2e-3, width 16, one
-    surrogate pass per generator pass, EOT over the attacker's crop and, when every task is flip-safe,
-    flip; README "Measured results"); the paper's scale is base
+    pass of a freshly restarted surrogate per generator pass, EOT over the attacker's crop and, when
+    every task is flip-safe, flip; README "Measured results"); the paper's scale is base
     tap, generator_width=64, epochs=100, lr 1e-3, augment crop_flip, surrogate ResNet-18 for 60 epochs.
     `milestones` are the generator MultiStepLR epochs, scaled to `epochs` when the cap is shorter.
     """
@@ -131,7 +131,7 @@ class MTLUEConfig(MethodConfig):
     surrogate_steps: int = setting(0)
     # EM base: re-initialise the surrogate before each pass of surrogate training, so the generator
     # minimises the loss of a model that has seen the poisoned data once (what a new attacker learns first)
-    surrogate_restart: bool = setting(False)
+    surrogate_restart: bool = setting(True)
     generator_width: int = setting(16)  # stem channels of the generator (paper: 64; 16 keeps CPU runs at minutes)
     generator_stem: str = setting("auto")  # encoder stem: cifar (3x3) | imagenet (7x7/2 + maxpool) | auto (the source's)
     samples_per_epoch: int = setting(0)  # samples per outer iteration (0 = the whole split, as the paper)
