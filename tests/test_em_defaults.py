@@ -1,5 +1,7 @@
 """The MTL-UE defaults that make the shortcut carry over to other attackers, and `mtlue run --set`."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -14,6 +16,7 @@ from mtlue.recipe import load_recipe
 
 CPU = torch.device("cpu")
 SPEC = "shapes:n=48,size=16,seed=3"
+PHOTOS_RECIPE = str(Path(__file__).resolve().parent.parent / "pipelines" / "photos.toml")
 
 
 def test_auto_eot_is_the_attackers_standard_augmentation_for_these_tasks():
@@ -51,16 +54,16 @@ def test_the_em_surrogate_trains_one_pass_per_generator_pass_by_default(tmp_path
 
 
 def test_run_set_changes_one_recipe_key_and_names_the_run_after_it():
-    recipe = load_recipe("pipelines/photos.toml", None, ["protect.base=tap", "victims.seeds=[0]", "seed=3"])
+    recipe = load_recipe(PHOTOS_RECIPE, None, ["protect.base=tap", "victims.seeds=[0]", "seed=3"])
     assert recipe.protect["base"] == "tap" and recipe.victims["seeds"] == [0] and recipe.seed == 3
     assert recipe.name == "photos-base=tap-seeds=0-seed=3"
-    assert load_recipe("pipelines/photos.toml", "mine", ["protect.base=sep"]).name == "mine"
-    plain = load_recipe("pipelines/photos.toml")
+    assert load_recipe(PHOTOS_RECIPE, "mine", ["protect.base=sep"]).name == "mine"
+    plain = load_recipe(PHOTOS_RECIPE)
     assert plain.protect["base"] == "em" and plain.name == "photos"
     with pytest.raises(ConfigError, match=r"no recipe section \[protekt\]"):
-        load_recipe("pipelines/photos.toml", None, ["protekt.base=tap"])
+        load_recipe(PHOTOS_RECIPE, None, ["protekt.base=tap"])
     with pytest.raises(ConfigError, match="SECTION.KEY=VALUE"):
-        load_recipe("pipelines/photos.toml", None, ["protect.base"])
+        load_recipe(PHOTOS_RECIPE, None, ["protect.base"])
 
 
 def test_a_restarted_surrogate_is_a_fresh_model_with_a_fresh_optimiser(tmp_path):
