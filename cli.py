@@ -458,8 +458,6 @@ def protect(ctx, source, store, surrogate_backbone, surrogate_epochs, protect_ta
     if protect_tasks:
         options["protect_tasks"] = tuple(t.strip() for t in protect_tasks.split(",") if t.strip())
     options["surrogate"] = SurrogateConfig(backbone=surrogate_backbone, epochs=surrogate_epochs)
-    # an option whose default differs by method shows None when not given: each method's own default applies
-    options = {name: value for name, value in options.items() if value is not None or given(name)}
     config = protect_config(options, explicit={name for name in options if name in ctx.params and given(name)})
     manifest = protect_source(open_source(source), store, config, resolve_device(device), work_dir=config.work_dir,
                               overwrite=overwrite, progress=not quiet, shard_size=shard_size)

@@ -82,6 +82,8 @@ def protect_config(options: dict, explicit=None, where: str | None = None) -> Pr
     common, settings = {}, {}
     for key, value in options.items():
         name = key if where else option_flag(key)
+        if value is None and key not in explicit:
+            continue  # not given (a CLI option whose default differs by method): the method's own default
         if key not in COMMON_OPTIONS and key not in own:
             if key in explicit:
                 raise ConfigError(f"{prefix}{name} applies to {'method ' if where else '--method '}"

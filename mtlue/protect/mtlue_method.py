@@ -10,8 +10,8 @@ and a stop test on the poisoned-train error. Every outer iteration is checkpoint
 from __future__ import annotations
 
 import hashlib
-import math
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -39,9 +39,11 @@ REGULARISER_NOTE = ("λ_intra·L_intra + λ_inter·L_inter is added to the base 
 def resolve_augment(kind: str, tasks) -> str:
     """The EOT augmentation in force: `auto` is the attacker's standard augmentation for these tasks,
     random crop plus a horizontal flip when every task's label survives one (mtlue.augment's rule)."""
+    from mtlue.augment import flips_allowed
+
     if kind != "auto":
         return kind
-    return "crop_flip" if tasks and all(t.flip_safe for t in tasks) else "crop"
+    return "crop_flip" if flips_allowed(tasks) else "crop"
 
 
 def make_augment(kind: str, image_shape):
