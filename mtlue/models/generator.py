@@ -5,6 +5,8 @@ E = ResNet-18 stem through layer2 (width 64 → z of 128 channels) with the CIFA
 or the ImageNet 7×7/2 + maxpool stem (ChestX-ray14), as the reference configs' `imagenet` flag;
 one learnable 16×S×S label-prior embedding per (task, class), N(0,1) init; a ConvTranspose /
 InstanceNorm / ReLU decoder back to the input size; a hard clamp to the L∞ budget.
+Dense tasks (segmentation, depth, normals) get a learned label-map embedding E^k(y^k) of 16×S×S in
+place of the lookup: our own design, see mtlue.models.label_maps.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch.nn.functional as F
 
 from mtlue.data.base import TaskSpec
 from mtlue.errors import ConfigError
+from mtlue.models.label_maps import LabelMapEmbedding, is_dense
 from mtlue.models.mtl import atomic_torch_save
 
 EMBED_CHANNELS = 16
@@ -81,7 +84,9 @@ class UEGenerator(nn.Module):
 
     `forward(x, labels, masks, protected)` with x float (B,C,H,W) in [0,1], labels {task: (B,)}
     returns δ of the same shape with ‖δ‖∞ ≤ epsilon. A task not in `protected`, or a sample whose
-    label is missing (mask False), gets the mean of that task's class embeddings. `stem` is "cifar"
+    label is missing (mask False), gets the mean of that task's class embeddings. A dense task's
+    label map (the dense tensor layout of mtlue.data.base) goes through its `LabelMapEmbedding`
+    instead; there a task not protected or a missing label is an all-invalid map. `stem` is "cifar"
     or "imagenet" (None: `stem_for_size`).
     """
 
@@ -99,6 +104,7 @@ class UEGenerator(nn.Module):
             raise ConfigError(f"generator stem {self.stem!r}: one of {', '.join(STEMS)}")
         self.imagenet_stem = self.stem == "imagenet"
         self.class_tasks = tuple(t for t in self.tasks if t.is_classification)
+        self.dense_tasks = tuple(t for t in self.tasks if is_dense(t))
         self.spatial = (encoder_output_size(height, self.imagenet_stem), encoder_output_size(width, self.imagenet_stem))
 
         if self.imagenet_stem:
@@ -115,8 +121,10 @@ class UEGenerator(nn.Module):
         self.embeddings = nn.ModuleList(nn.Embedding(t.num_classes, size) for t in self.class_tasks)
         for table in self.embeddings:
             nn.init.normal_(table.weight, 0.0, 1.0)
+        # empty without dense tasks: a classification-only generator has the same parameters and init
+        self.label_maps = nn.ModuleList(LabelMapEmbedding(t, self.spatial, EMBED_CHANNELS) for t in self.dense_tasks)
 
-        in_dec = EMBED_CHANNELS * len(self.class_tasks) + 2 * w
+        in_dec = EMBED_CHANNELS * (len(self.class_tasks) + len(self.dense_tasks)) + 2 * w
         h = w // 2
         if self.imagenet_stem:
             self.decoder = nn.Sequential(
@@ -134,10 +142,18 @@ class UEGenerator(nn.Module):
         return {task.name: table.weight for task, table in zip(self.class_tasks, self.embeddings)}
 
     def label_priors(self, labels: dict, masks: dict | None, protected, batch_size: int) -> torch.Tensor:
-        """(B, 16K, S, S): each sample's class embedding per task, or the task's mean embedding."""
+        """(B, 16K, S, S) in task order: each sample's class embedding per classification task (or the
+        task's mean embedding), each dense task's label-map embedding."""
         masks = masks or {}
         maps = []
-        for task, table in zip(self.class_tasks, self.embeddings):
+        lookups, dense = iter(zip(self.class_tasks, self.embeddings)), iter(self.label_maps)
+        for task in self.tasks:
+            if is_dense(task):
+                maps.append(self._dense_prior(next(dense), labels, masks, protected, batch_size))
+                continue
+            if not task.is_classification:
+                continue
+            task, table = next(lookups)
             weight = table.weight
             mean = weight.mean(0, keepdim=True).expand(batch_size, -1)
             if protected is not None and task.name not in protected:
@@ -152,6 +168,18 @@ class UEGenerator(nn.Module):
                     chosen = torch.where(mask.reshape(-1, 1).bool(), chosen, mean)
             maps.append(chosen.reshape(batch_size, EMBED_CHANNELS, *self.spatial))
         return torch.cat(maps, 1) if maps else None
+
+    def _dense_prior(self, module, labels: dict, masks: dict, protected, batch_size: int) -> torch.Tensor:
+        """E^k(y^k) of one dense task; all-invalid input where it is not protected or its label is missing."""
+        task = module.task
+        weight = module.body[0].weight
+        if protected is not None and task.name not in protected:
+            present = torch.zeros(batch_size, dtype=torch.bool, device=weight.device)
+            label = labels.get(task.name)
+            if label is None:  # nothing to read: any map of the right rank, encoded all invalid
+                label = weight.new_zeros((batch_size,) + ((1, 1) if task.kind == "segmentation" else (1, 1, 1)))
+            return module(label, present)
+        return module(labels[task.name], masks.get(task.name))
 
     def forward(self, x: torch.Tensor, labels: dict, masks: dict | None = None, protected=None) -> torch.Tensor:
         z = self.encoder(x)
