@@ -22,15 +22,19 @@ from mtlue.errors import ConfigError
 from mtlue.models.generator import build_generator, load_generator, resolve_stem, save_generator
 from mtlue.models.mtl import atomic_torch_save, checkpoint_errors, load_torch_file
 from mtlue.protect.base import ProtectionMethod, ProtectContext
+from mtlue.protect.dense_eot import LabelAwareEOT, dense_flips_allowed, has_dense_tasks
 from mtlue.protect.objectives import base_loss
 from mtlue.protect.regularisers import embedding_regulariser, inter_task_loss, intra_task_loss
-from mtlue.protect.surrogate import (EM_SURROGATE_RULES, PoisonedError, freeze, fresh_surrogate, restart_surrogate,
-                                    train_on_poisoned)
+from mtlue.protect.surrogate import (DENSE_ERROR_RULES, EM_SURROGATE_RULES, PoisonedError, freeze, fresh_surrogate,
+                                    restart_surrogate, train_on_poisoned)
 
 STATE_FILE = "generator-state.pt"
 GENERATOR_FILE = "generator.pt"
 # Rules of the training loop that earlier versions ran otherwise; a state saved under others is retrained.
 LOOP_RULES = {"regulariser": "once per surrogate (SEP: per ensemble member)", "em_surrogate": EM_SURROGATE_RULES}
+# ... and what datasets with dense tasks add (their resume keys only)
+DENSE_RULES = {"embedding": "label-map module, no regulariser", "eot": "label-aware (dense_eot)",
+               "stop_error": DENSE_ERROR_RULES}
 REGULARISER_NOTE = ("λ_intra·L_intra + λ_inter·L_inter is added to the base loss of each of the regulariser_scale "
                     "surrogates (SEP: its checkpoints, as the reference backpropagates it with every checkpoint), "
                     "so the effective weights are regulariser_scale × λ")
@@ -38,11 +42,14 @@ REGULARISER_NOTE = ("λ_intra·L_intra + λ_inter·L_inter is added to the base 
 
 def resolve_augment(kind: str, tasks) -> str:
     """The EOT augmentation in force: `auto` is the attacker's standard augmentation for these tasks,
-    random crop plus a horizontal flip when every task's label survives one (mtlue.augment's rule)."""
+    random crop plus a horizontal flip when every task's label survives one (mtlue.augment's rule; with
+    dense tasks the label-aware EOT flips their maps along, mtlue.protect.dense_eot)."""
     from mtlue.augment import flips_allowed
 
     if kind != "auto":
         return kind
+    if has_dense_tasks(tasks):
+        return "crop_flip" if dense_flips_allowed(tasks) else "crop"
     return "crop_flip" if flips_allowed(tasks) else "crop"
 
 
@@ -58,6 +65,13 @@ def make_augment(kind: str, image_shape):
     if kind == "crop_flip":
         steps.append(KA.RandomHorizontalFlip(p=0.5))
     return torch.nn.Sequential(*steps)
+
+
+def augmented(augment, x: torch.Tensor, labels: dict) -> tuple[torch.Tensor, dict]:
+    """(aug(x), labels) for the image-only EOT; the label-aware one moves dense label maps along."""
+    if isinstance(augment, LabelAwareEOT):
+        return augment(x, labels)
+    return augment(x), labels
 
 
 class MTLUEMethod(ProtectionMethod):
@@ -106,7 +120,8 @@ class MTLUEMethod(ProtectionMethod):
         as resolved, never "auto"; not the epoch cap), the LR schedule actually in force (it depends on
         the cap), the loop's rules and the data it was trained on."""
         key = self.config.resume_settings()
-        key.update(generator_stem=self.stem, schedule=self.settings.scaled_milestones(), rules=LOOP_RULES,
+        rules = {**LOOP_RULES, "dense": DENSE_RULES} if has_dense_tasks(self.context.tasks) else LOOP_RULES
+        key.update(generator_stem=self.stem, schedule=self.settings.scaled_milestones(), rules=rules,
                    data=self.context.data_identity())
         return json.loads(json.dumps(key))
 
@@ -138,7 +153,9 @@ class MTLUEMethod(ProtectionMethod):
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimiser, cfg.scaled_milestones(), cfg.gamma)
         surrogates, surrogate_optimiser = self._surrogates(context)
         self.regulariser_scale = len(surrogates)
-        augment = make_augment(resolve_augment(cfg.augment, context.tasks), context.source.image_shape).to(device)
+        kind, shape = resolve_augment(cfg.augment, context.tasks), context.source.image_shape
+        augment = (LabelAwareEOT(kind, shape, context.tasks) if has_dense_tasks(context.tasks)
+                   else make_augment(kind, shape)).to(device)
 
         state_path = context.work_dir / STATE_FILE
         start = 0
@@ -223,8 +240,8 @@ class MTLUEMethod(ProtectionMethod):
         gives the same gradient (the generator is unchanged until the step)."""
         cfg = self.settings
         delta = generator(x, labels, masks, self.protected)
-        poisoned = augment(self._poison(x, delta))
-        loss_b = sum(base_loss(cfg.base, self.context.tasks, model(poisoned), labels, masks, "total", self.protected)
+        poisoned, targets = augmented(augment, self._poison(x, delta), labels)
+        loss_b = sum(base_loss(cfg.base, self.context.tasks, model(poisoned), targets, masks, "total", self.protected)
                      for model in surrogates)
         tables = generator.embedding_tables()
         regulariser = embedding_regulariser(tables, cfg.lambda_intra, cfg.lambda_inter)
@@ -242,7 +259,7 @@ class MTLUEMethod(ProtectionMethod):
         generator.eval()
 
         def poison(x, labels, masks, index):
-            return augment(self._poison(x, generator(x, labels, masks, self.protected)))
+            return augmented(augment, self._poison(x, generator(x, labels, masks, self.protected)), labels)
 
         if cfg.surrogate_restart:
             restart_surrogate(context, model, optimiser, self.config.seed * 100003 + iteration + 7919)

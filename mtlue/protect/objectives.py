@@ -5,7 +5,9 @@ Every function returns a loss to MINIMISE with respect to δ (or the generator):
   TAP (Fowl et al. 2021):   binary −BCE(F(x+δ), y_t); multiclass CE toward (y_t + ⌊C/2⌋) mod C
   SEP (Chen et al. 2023):   binary BCE toward 1 − y_t; multiclass CE toward (y_t + ⌊C/2⌋) mod C
                             (summed over checkpoints by the caller)
-Regression tasks: EM minimises L1, TAP/SEP maximise it. Task combination per sample:
+Regression tasks: EM minimises L1, TAP/SEP maximise it. Dense tasks (our own targets; the paper gives
+none): segmentation TAP/SEP descend CE toward the class-shifted map (y + ⌊C/2⌋) mod C with void kept
+void; depth and normals TAP/SEP ascend their masked loss, as regression. Task combination per sample:
   total: Σ_t m_t ℓ_t          dgba: Σ_t m_t ℓ_t / |ℓ_t|.detach()   (gradient Σ_t ∇ℓ_t/ℓ_t, Zhang et al.)
 """
 
@@ -36,6 +38,8 @@ def base_target(base: str, task: TaskSpec, labels: torch.Tensor) -> tuple[torch.
         raise ConfigError(f"--base {base!r}: one of {', '.join(BASE_LOSSES)}")
     if base == "em":
         return labels, True
+    if task.kind == "segmentation":
+        return torch.where(labels < 0, labels, shifted_class(task, labels)), True
     if task.is_classification and (task.kind != "binary" or base == "sep"):
         return shifted_class(task, labels), True
     return labels, False

@@ -12,24 +12,33 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import shutil
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from mtlue.data.base import item_tensors
 from mtlue.errors import ConfigError
+from mtlue.models.label_maps import is_dense
 from mtlue.models.losses import predictions, task_losses
 from mtlue.models.mtl import build_model, load_checkpoint, save_checkpoint
 from mtlue.store.layout import dumps_json, sha256_file, write_text_atomic
 
 INFO_FILE = "surrogate.json"
 MODEL_FILE = "model.pt"
+DEPTH_RATIO_HIT = 1.25  # depth δ < 1.25 (Eigen et al.), the tightest standard depth accuracy
+NORMAL_ANGLE_HIT = 11.25  # degrees, the tightest standard normal accuracy
 SURROGATE_GRAD_CLIP = 5.0  # the reference clips every surrogate update (clean and EM) to this gradient norm
 # How EM's surrogate is trained and judged (MTL-UE's EM base and the per-sample EM baseline alike);
 # part of both resume keys, so a state saved under other rules is not resumed.
 EM_SURROGATE_RULES = {"grad_clip": SURROGATE_GRAD_CLIP, "error": "worst protected classification task"}
+# What a dense task adds to the stop statistic (joins a resume key only where there are dense tasks): the
+# share of its valid pixels that miss at the tightest standard threshold of its metric.
+DENSE_ERROR_RULES = {"segmentation": "pixel error", "depth": f"1 - (delta < {DEPTH_RATIO_HIT})",
+                     "normal": f"1 - (angle < {NORMAL_ANGLE_HIT} deg)"}
 
 
 def freeze(model: torch.nn.Module) -> torch.nn.Module:
@@ -60,7 +69,8 @@ def restart_surrogate(context, model: torch.nn.Module, optimiser: torch.optim.Op
 def train_on_poisoned(model, optimiser, loader, poison, tasks, steps: int, device) -> None:
     """EM's alternating surrogate update: `steps` Adam mini-batches of Σ_t ℓ_t(F(x'), y_t) on poisoned
     x' = poison(x, labels, masks, index) (no gradient to δ), gradient norm clipped to 5.0 (Huang et al.
-    2021, as the MTL-UE reference runs it). Leaves the model frozen (see `freeze`)."""
+    2021, as the MTL-UE reference runs it). `poison` may return (x', labels') when it moves dense label
+    maps with the image (mtlue.protect.dense_eot). Leaves the model frozen (see `freeze`)."""
     model.train()
     for p in model.parameters():
         p.requires_grad_(True)
@@ -70,6 +80,8 @@ def train_on_poisoned(model, optimiser, loader, poison, tasks, steps: int, devic
         x, labels, masks = item_tensors(items, device)
         with torch.no_grad():
             poisoned = poison(x, labels, masks, items["index"])
+        if isinstance(poisoned, tuple):
+            poisoned, labels = poisoned
         loss = task_losses(tasks, model(poisoned), labels, masks).sum()
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -80,17 +92,26 @@ def train_on_poisoned(model, optimiser, loader, poison, tasks, steps: int, devic
 
 class PoisonedError:
     """EM's stop statistic over batches: per protected classification task, the surrogate's error
-    against the true labels (missing labels skipped); `worst()`, the largest of them, is at most
+    against the true labels (missing labels skipped); per protected dense task, the share of valid
+    pixels it misses (`dense_misses`, DENSE_ERROR_RULES); `worst()`, the largest of them, is at most
     stop_error exactly when every task is."""
 
     def __init__(self, tasks, task_names):
-        self.tasks = tuple(t for t in tasks if t.is_classification and t.name in task_names)
+        self.tasks = tuple(t for t in tasks if (t.is_classification or is_dense(t)) and t.name in task_names)
         self.wrong = {t.name: 0 for t in self.tasks}
         self.count = {t.name: 0 for t in self.tasks}
 
     def add(self, outputs: dict, labels: dict, masks: dict | None = None) -> None:
         masks = masks or {}
         for task in self.tasks:
+            if is_dense(task):
+                miss, valid = dense_misses(task, outputs[task.name], labels[task.name])
+                mask = masks.get(task.name)
+                if mask is not None:
+                    valid = valid & mask.reshape(-1, 1, 1).bool()
+                self.wrong[task.name] += int((miss & valid).sum())
+                self.count[task.name] += int(valid.sum())
+                continue
             miss = predictions(task, outputs[task.name]) != labels[task.name].reshape(-1).long()
             mask = masks.get(task.name)
             mask = torch.ones_like(miss) if mask is None else mask.reshape(-1).bool()
@@ -100,6 +121,22 @@ class PoisonedError:
     def worst(self) -> float:
         errors = [self.wrong[name] / self.count[name] for name in self.wrong if self.count[name]]
         return max(errors) if errors else 0.0
+
+
+def dense_misses(task, output: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(miss, valid), both bool (B,H,W), of one dense task: a wrong class; a depth off by a ratio of
+    DEPTH_RATIO_HIT or more; a normal NORMAL_ANGLE_HIT degrees or more off."""
+    from mtlue.models.losses import valid_pixels
+
+    valid = valid_pixels(task, label)
+    if task.kind == "segmentation":
+        return output.argmax(1) != label.long(), valid
+    if task.kind == "depth":
+        predicted, truth = output[:, 0].float(), label[:, 0].float()
+        ratio = torch.maximum(predicted / truth.clamp_min(1e-12), truth / predicted.clamp_min(1e-12))
+        return (predicted <= 0) | ~(ratio < DEPTH_RATIO_HIT), valid
+    cosine = (F.normalize(output.float(), dim=1, eps=1e-12) * label.float()).sum(1)
+    return ~(cosine > math.cos(math.radians(NORMAL_ANGLE_HIT))), valid
 
 
 def _epoch_of(path: Path) -> int:

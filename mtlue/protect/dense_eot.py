@@ -1,0 +1,74 @@
+"""EOT for datasets with dense tasks: one random shift and flip applied to the image AND its label maps.
+
+The image-only EOT (`mtlue.protect.mtlue_method.make_augment`) is fine for image-level labels, but a
+dense label is tied to pixels: a shifted or flipped image against the unshifted label map teaches the
+surrogate (and the generator) the wrong pixels. Here every sample draws one shift and one flip, and the
+same ones move each dense label map:
+- crop: the image is reflect-padded by 1/8 of its shorter side and cropped back to its size at a random
+  offset (as `make_augment`); label maps are padded with their invalid marker instead (segmentation −1,
+  depth 0, normals (0,0,0)), so the reflected border carries no label;
+- flip (crop_flip): a horizontal flip with p = 0.5 of image and label maps, and the normals' x
+  component is negated (the flip mirrors the scene; nyuv2.md §1.3).
+Image-level labels pass through unchanged, so a flip is offered only when every such task is
+flip-safe (`dense_flips_allowed`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from mtlue.models.label_maps import is_dense
+
+INVALID = {"segmentation": -1, "depth": 0.0, "normal": 0.0}
+
+
+def dense_flips_allowed(tasks) -> bool:
+    """A label-aware flip keeps every dense label right; image-level labels must be flip-safe themselves."""
+    return all(t.flip_safe for t in tasks if not is_dense(t))
+
+
+def has_dense_tasks(tasks) -> bool:
+    return any(is_dense(t) for t in tasks)
+
+
+class LabelAwareEOT(torch.nn.Module):
+    """`kind` none | crop | crop_flip on (B,C,H,W) images; `forward(x, labels) -> (x', labels')` with
+    the dense label maps of `tasks` moved as their images are (module docstring). Draws from torch's
+    global generator, so a seeded caller replays it exactly."""
+
+    def __init__(self, kind: str, image_shape, tasks):
+        super().__init__()
+        if kind not in ("none", "crop", "crop_flip"):
+            raise ValueError(f"augment {kind!r}: one of none, crop, crop_flip")
+        self.kind = kind
+        self.height, self.width = int(image_shape[0]), int(image_shape[1])
+        self.pad = max(1, min(self.height, self.width) // 8)
+        self.dense = tuple(t for t in tasks if is_dense(t))
+
+    def forward(self, x: torch.Tensor, labels: dict) -> tuple[torch.Tensor, dict]:
+        if self.kind == "none":
+            return x, labels
+        batch, pad = x.shape[0], self.pad
+        offsets = torch.randint(0, 2 * pad + 1, (batch, 2)).tolist()
+        flips = (torch.rand(batch) < 0.5).tolist() if self.kind == "crop_flip" else [False] * batch
+        out = self._move(F.pad(x, (pad,) * 4, mode="reflect"), offsets, flips)
+        moved = dict(labels)
+        for task in self.dense:
+            label = labels[task.name]
+            planar = label.dim() == 3  # segmentation (B,H,W)
+            padded = F.pad(label.unsqueeze(1) if planar else label, (pad,) * 4, value=INVALID[task.kind])
+            label = self._move(padded, offsets, flips)
+            if task.kind == "normal":
+                sign = torch.tensor([-1.0 if f else 1.0 for f in flips], dtype=label.dtype, device=label.device)
+                label = torch.cat([label[:, :1] * sign.reshape(-1, 1, 1, 1), label[:, 1:]], 1)
+            moved[task.name] = label.squeeze(1) if planar else label
+        return out, moved
+
+    def _move(self, padded: torch.Tensor, offsets, flips) -> torch.Tensor:
+        """Per sample: the H×W window at its offset of the padded (B,C,H+2p,W+2p) map, flipped if drawn."""
+        rows = []
+        for b, ((top, left), flip) in enumerate(zip(offsets, flips)):
+            window = padded[b, :, top:top + self.height, left:left + self.width]
+            rows.append(window.flip(-1) if flip else window)
+        return torch.stack(rows)
