@@ -1,6 +1,7 @@
 """Multi-task data sources and the registry keyed by SOURCE spec strings.
 
-Spec strings: `digits` · `shapes[:n=…,size=…,seed=…]` · `folder:PATH` · `celeba:PATH` ·
+Spec strings: `digits` · `shapes[:n=…,size=…,seed=…]` · `scenes[:n=…,size=…,seed=…,mixed=…]` ·
+`folder:PATH` · `celeba:PATH` ·
 `utkface:PATH` · `chestxray14:PATH` · `nyuv2:PATH` · a path to an mtlue store · a path to an mtlue
 release (image folder, WebDataset or Parquet, written by `mtlue release`).
 """
@@ -17,6 +18,7 @@ from mtlue.registry import load_registered
 SOURCES = {
     "digits": "mtlue.data.digits:DigitsSource",
     "shapes": "mtlue.data.shapes:ShapesSource",
+    "scenes": "mtlue.data.scenes:ScenesSource",
     "photos": "mtlue.data.photos:PhotosSource",
     "folder": "mtlue.data.folder:FolderSource",
     "celeba": "mtlue.data.celeba:CelebASource",

@@ -13,6 +13,7 @@ from mtlue.errors import SourceError
 
 TASK_KINDS = ("binary", "multiclass", "regression", "segmentation", "depth", "normal")
 CLASS_KINDS = ("binary", "multiclass")
+DENSE_KINDS = ("segmentation", "depth", "normal")  # a label per pixel (mtlue.data.dense)
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,10 @@ class TaskSpec:
     @property
     def is_classification(self) -> bool:
         return self.kind in CLASS_KINDS
+
+    @property
+    def is_dense(self) -> bool:
+        return self.kind in DENSE_KINDS
 
     @property
     def output_dim(self) -> int:
@@ -302,10 +307,20 @@ def sample_to_item(sample: Sample, tasks) -> dict:
     return {"index": torch.as_tensor(sample.index, dtype=torch.int64), "image": image, "labels": labels, "masks": masks}
 
 
+def label_tensor(values) -> torch.Tensor:
+    """Batched labels as training code takes them. Arrays (samples, sources, the store) hold dense labels
+    channels-last: segmentation (N,H,W), depth (N,H,W,1), normals (N,H,W,3); tensors hold them as
+    images: segmentation int64 (N,H,W) (−1 void), depth (N,1,H,W) (0 invalid), normals (N,3,H,W)
+    ((0,0,0) invalid). This is the one place the layout changes."""
+    tensor = values if isinstance(values, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(values))
+    return tensor.permute(0, 3, 1, 2) if tensor.dim() == 4 else tensor
+
+
 def batch_tensors(batch: Batch, device) -> tuple:
-    """A Batch (uint8 N×H×W×C arrays) as (float N×C×H×W images in [0, 1], {task: labels}, {task: masks}) on `device`."""
+    """A Batch (uint8 N×H×W×C arrays) as (float N×C×H×W images in [0, 1], {task: labels}, {task: masks}) on `device`
+    (dense labels as `label_tensor` lays them out)."""
     images = torch.from_numpy(np.ascontiguousarray(batch.images.transpose(0, 3, 1, 2))).to(device).float() / 255.0
-    labels = {name: torch.from_numpy(np.asarray(value)).to(device) for name, value in batch.labels.items()}
+    labels = {name: label_tensor(np.asarray(value)).to(device) for name, value in batch.labels.items()}
     masks = {name: torch.from_numpy(np.asarray(value)).to(device) for name, value in batch.masks.items()}
     return images, labels, masks
 
@@ -313,7 +328,7 @@ def batch_tensors(batch: Batch, device) -> tuple:
 def item_tensors(items: dict, device) -> tuple:
     """The same for a default-collated batch of `sample_to_item` dicts (a DataLoader's output)."""
     images = items["image"].to(device, non_blocking=True).float().div_(255.0)
-    labels = {k: v.to(device, non_blocking=True) for k, v in items["labels"].items()}
+    labels = {k: label_tensor(v).to(device, non_blocking=True) for k, v in items["labels"].items()}
     masks = {k: v.to(device, non_blocking=True) for k, v in items["masks"].items()}
     return images, labels, masks
 

@@ -45,10 +45,45 @@ def validate_batch(batch: Batch, tasks: tuple, image_shape: tuple, where: str, f
                 f"{where}: task {task.name!r} has {values.shape[:1]} labels and {mask.shape} masks for {count} images"
             )
         mask = mask.astype(bool)
-        _check_label_values(task, values, mask, index, where)
+        if task.kind in DENSE_LABEL_SHAPES:
+            _check_dense_labels(task, values, mask, index, tuple(image_shape[:2]), where)
+        else:
+            _check_label_values(task, values, mask, index, where)
         labels[task.name] = values.astype(label_dtype(task), copy=False)
         masks[task.name] = mask
     return {"index": index.astype(np.int64, copy=False), "labels": labels, "masks": masks}
+
+
+# per-sample dense label shape after (H, W), and each kind's invalid marker (see mtlue.data.dense)
+DENSE_LABEL_SHAPES = {"segmentation": (), "depth": (1,), "normal": (3,)}
+
+
+def _check_dense_labels(task: TaskSpec, values: np.ndarray, mask: np.ndarray, index: np.ndarray,
+                        image_hw: tuple, where: str) -> None:
+    """Dense labels: (N,H,W) class ids in −1..C−1 (−1 void), (N,H,W,1) depth ≥ 0 (0 invalid), (N,H,W,3)
+    normals with components in [−1, 1] ((0,0,0) invalid); all finite, at the image's H×W."""
+    wanted = image_hw + DENSE_LABEL_SHAPES[task.kind]
+    if values.shape[1:] != wanted:
+        raise StoreError(f"{where}: task {task.name!r} ({task.kind}) needs labels of shape {wanted} per sample "
+                         f"(the image's H, W), got {values.shape[1:]}")
+    flat = values.reshape(len(values), -1)
+    if task.kind == "segmentation":
+        if not np.issubdtype(values.dtype, np.integer):
+            whole = (np.isfinite(flat) & (np.round(flat) == flat)).all(1)
+            bad = np.flatnonzero(mask & ~whole)
+            if len(bad):
+                raise StoreError(f"{where}: task {task.name!r}: sample index {int(index[bad[0]])} has a class id "
+                                 "that is not a whole number")
+        outside = ((flat < -1) | (flat >= task.num_classes)).any(1)
+        what = f"a class id outside -1..{task.num_classes - 1}"
+    else:
+        low = 0.0 if task.kind == "depth" else -1.0 - 1e-3
+        high = np.inf if task.kind == "depth" else 1.0 + 1e-3
+        outside = ~(np.isfinite(flat) & (flat >= low) & (flat <= high)).all(1)
+        what = "a negative or non-finite depth" if task.kind == "depth" else "a normal component outside [-1, 1]"
+    bad = np.flatnonzero(mask & outside)
+    if len(bad):
+        raise StoreError(f"{where}: task {task.name!r}: sample index {int(index[bad[0]])} has {what}")
 
 
 def _check_label_values(task: TaskSpec, values: np.ndarray, mask: np.ndarray, index: np.ndarray, where: str) -> None:
