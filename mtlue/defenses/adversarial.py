@@ -45,3 +45,6 @@ class AdversarialTraining(Defense):
 
     def extra_repr(self) -> str:
         return f"eps={self.eps:.5f}, alpha={self.alpha:.5f}, steps={self.steps}, objective={self.objective!r}"
+
+
+__all__ = ["AdversarialTraining"]

@@ -86,3 +86,6 @@ class TransformDefense(Defense):
     def forward(self, images, labels, masks, model):
         check_images(images, self.name)
         return self.transform(images), identity_targets(labels)
+
+
+__all__ = ["Defense", "TransformDefense", "identity_targets", "check_images", "draw_seed", "seeded_global_rng", "uniform"]

@@ -94,3 +94,6 @@ class CutMix(Defense):
     def forward(self, images, labels, masks, model):
         mixed, perm, lam = cutmix(images, self.alpha, self.generator)
         return mixed, [(lam, labels, masks), (1.0 - lam, permuted_labels(labels, perm), permuted_labels(masks, perm))]
+
+
+__all__ = ["mixup", "cutmix", "permuted_labels", "MixUp", "CutMix"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mtlue.defenses.base import check_images, uniform
+from mtlue.defenses.base import TransformDefense, check_images, uniform
 
 
 def cutout_size(height: int, width: int) -> int:
@@ -49,3 +49,11 @@ class Cutout(nn.Module):
 
     def extra_repr(self) -> str:
         return f"size={self.size if self.size is not None else 'half the shorter side'}"
+
+
+def cutout_defense(generator=None) -> TransformDefense:
+    """The `cutout` training hook: one square per image, side half the shorter side."""
+    return TransformDefense("cutout", Cutout(generator=generator))
+
+
+__all__ = ["cutout", "cutout_size", "Cutout", "cutout_defense"]

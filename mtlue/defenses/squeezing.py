@@ -3,7 +3,8 @@
 Each op is a function and an nn.Module, batched over (B, C, H, W) float images in [0, 1] on any
 device. Grayscale is differentiable; JPEG and bit-depth reduction are piecewise constant, so when
 the input requires grad they pass the gradient straight through (BPDA: value of the op, gradient of
-the identity).
+the identity). `jpeg_differentiable` is kornia's differentiable JPEG (Reich et al., WACV 2024), the
+generator's stand-in for the PIL codec when it trains against JPEG (`mtlue protect --robust jpeg`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mtlue.defenses.base import check_images
+from mtlue.defenses.base import TransformDefense, check_images
 from mtlue.errors import ConfigError
 
 
@@ -98,6 +99,27 @@ def bit_depth_reduction(images: torch.Tensor, bits: int = 2) -> torch.Tensor:
     return _straight_through(images, squeezed)
 
 
+def jpeg_differentiable(images: torch.Tensor, quality) -> torch.Tensor:
+    """kornia's differentiable JPEG at `quality` (a number or a (B,) tensor, each in 1..100).
+
+    RGB batches are coded as RGB (4:2:0 chroma, as PIL); a 1-channel batch is coded as a gray RGB image
+    and its luma kept. Height and width need not be multiples of 16 (kornia pads). Output in [0, 1].
+    """
+    check_images(images, "jpeg (differentiable)")
+    import kornia
+
+    quality = torch.as_tensor(quality, dtype=images.dtype, device=images.device).reshape(-1)
+    if not bool(((quality >= 1) & (quality <= 100)).all()):
+        raise ConfigError(f"defense jpeg<q>: quality must be in 1..100, got {quality.tolist()}")
+    quality = quality.expand(images.shape[0]) if quality.numel() == 1 else quality
+    channels = images.shape[1]
+    if channels not in (1, 3):
+        raise ConfigError(f"defense jpeg (differentiable): needs 1 or 3 image channels, got {channels}")
+    rgb = images.clamp(0, 1) if channels == 3 else images.clamp(0, 1).repeat(1, 3, 1, 1)
+    coded = kornia.enhance.jpeg_codec_differentiable(rgb, quality).clamp(0, 1)
+    return coded if channels == 3 else kornia.color.rgb_to_grayscale(coded)
+
+
 class Grayscale(nn.Module):
     """Module form of `grayscale`."""
 
@@ -119,6 +141,29 @@ class JPEG(nn.Module):
         return f"quality={self.quality}"
 
 
+class DifferentiableJPEG(nn.Module):
+    """Module form of `jpeg_differentiable`: a fixed quality, or one drawn per image uniformly from
+    [low, high] by `generator` (EOT over JPEG qualities)."""
+
+    def __init__(self, quality: int | tuple = 10, generator: torch.Generator | None = None):
+        super().__init__()
+        low, high = (quality, quality) if isinstance(quality, (int, float)) else quality
+        self.low, self.high = check_jpeg_quality(low), check_jpeg_quality(high)
+        if self.low > self.high:
+            raise ConfigError(f"defense jpeg: quality range {low}..{high} is empty")
+        self.generator = generator
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        from mtlue.defenses.base import uniform
+
+        draw = uniform((images.shape[0],), self.generator, images.device)
+        quality = self.low + draw * (self.high - self.low)
+        return jpeg_differentiable(images, quality.to(images.dtype))
+
+    def extra_repr(self) -> str:
+        return f"quality={self.low}..{self.high}"
+
+
 class BitDepthReduction(nn.Module):
     """Module form of `bit_depth_reduction` at a fixed bit depth."""
 
@@ -131,3 +176,22 @@ class BitDepthReduction(nn.Module):
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}"
+
+
+def grayscale_defense(generator=None) -> TransformDefense:
+    """The `grayscale` training hook."""
+    return TransformDefense("grayscale", Grayscale())
+
+
+def jpeg_defense(quality: int, generator=None) -> TransformDefense:
+    """The `jpeg<q>` training hook (PIL codec, straight-through gradient)."""
+    return TransformDefense(f"jpeg{quality}", JPEG(quality))
+
+
+def bdr_defense(bits: int, generator=None) -> TransformDefense:
+    """The `bdr<bits>` training hook (straight-through gradient)."""
+    return TransformDefense(f"bdr{bits}", BitDepthReduction(bits))
+
+
+__all__ = ["grayscale", "jpeg", "jpeg_differentiable", "bit_depth_reduction", "Grayscale", "JPEG",
+           "DifferentiableJPEG", "BitDepthReduction", "grayscale_defense", "jpeg_defense", "bdr_defense"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mtlue.defenses.base import check_images, seeded_global_rng
+from mtlue.defenses.base import TransformDefense, check_images, seeded_global_rng
 
 
 def ueraser_lite_chain(channels: int) -> nn.Module:
@@ -54,3 +54,11 @@ class UEraserLite(nn.Module):
 def ueraser_lite(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Apply the UEraser-lite chain once to a (B, C, H, W) batch in [0, 1]; same shape, in [0, 1]."""
     return UEraserLite(generator)(images)
+
+
+def ueraser_lite_defense(generator=None) -> TransformDefense:
+    """The `ueraser_lite` training hook."""
+    return TransformDefense("ueraser_lite", UEraserLite(generator))
+
+
+__all__ = ["ueraser_lite", "ueraser_lite_chain", "UEraserLite", "ueraser_lite_defense"]
