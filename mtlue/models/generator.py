@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from mtlue.data.base import TaskSpec
 from mtlue.errors import ConfigError
-from mtlue.models.label_maps import LabelMapEmbedding, is_dense
+from mtlue.models.label_maps import LabelMapEmbedding
 from mtlue.models.mtl import atomic_torch_save
 
 EMBED_CHANNELS = 16
@@ -104,7 +104,7 @@ class UEGenerator(nn.Module):
             raise ConfigError(f"generator stem {self.stem!r}: one of {', '.join(STEMS)}")
         self.imagenet_stem = self.stem == "imagenet"
         self.class_tasks = tuple(t for t in self.tasks if t.is_classification)
-        self.dense_tasks = tuple(t for t in self.tasks if is_dense(t))
+        self.dense_tasks = tuple(t for t in self.tasks if t.is_dense)
         self.spatial = (encoder_output_size(height, self.imagenet_stem), encoder_output_size(width, self.imagenet_stem))
 
         if self.imagenet_stem:
@@ -148,7 +148,7 @@ class UEGenerator(nn.Module):
         maps = []
         lookups, dense = iter(zip(self.class_tasks, self.embeddings)), iter(self.label_maps)
         for task in self.tasks:
-            if is_dense(task):
+            if task.is_dense:
                 maps.append(self._dense_prior(next(dense), labels, masks, protected, batch_size))
                 continue
             if not task.is_classification:

@@ -32,13 +32,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mtlue.data.base import TaskSpec
+from mtlue.data.dense import valid_pixels
 
-DENSE_KINDS = ("segmentation", "depth", "normal")
 HIDDEN_CHANNELS = 32
-
-
-def is_dense(task: TaskSpec) -> bool:
-    return task.kind in DENSE_KINDS
 
 
 def encoded_channels(task: TaskSpec) -> int:
@@ -54,26 +50,20 @@ def encoded_channels(task: TaskSpec) -> int:
 
 def encode_label_map(task: TaskSpec, label: torch.Tensor, present: torch.Tensor | None = None,
                      dtype=torch.float32) -> torch.Tensor:
-    """(B, encoded_channels, H, W) encoding of a batch of dense labels (the interface's tensor layout:
-    segmentation (B,H,W) int with −1 void; depth (B,1,H,W) with 0 invalid; normals (B,3,H,W) with
-    (0,0,0) invalid). Samples with `present` False (per-sample bool (B,)) are encoded as all invalid."""
+    """(B, encoded_channels, H, W) encoding of a batch of dense labels in the tensor layout of
+    `mtlue.data.base.label_tensor` (validity as `mtlue.data.dense.valid_pixels`). Samples with
+    `present` False (per-sample bool (B,)) are encoded as all invalid."""
     if task.kind == "segmentation":
         classes = task.num_classes
-        label = label.long()
+        valid = valid_pixels(task, label)
         if present is not None:
-            label = torch.where(present.reshape(-1, 1, 1).bool(), label, torch.full_like(label, -1))
-        # class c -> channel c, void (-1, or anything out of range) -> channel C
-        index = torch.where((label >= 0) & (label < classes), label, torch.full_like(label, classes))
+            valid = valid & present.reshape(-1, 1, 1).bool()
+        # class c -> channel c, void (-1) -> channel C
+        index = torch.where(valid, label.long(), torch.full_like(label, classes, dtype=torch.long))
         return F.one_hot(index, classes + 1).permute(0, 3, 1, 2).to(dtype)
     value = label.to(dtype)
-    if task.kind == "depth":
-        valid = (value > 0).to(dtype)
-        value = torch.log1p(value.clamp_min(0.0)) * valid
-    elif task.kind == "normal":
-        valid = (value != 0).any(1, keepdim=True).to(dtype)
-        value = value * valid
-    else:
-        raise ValueError(f"task {task.name!r}: kind {task.kind!r} has no label map")
+    valid = valid_pixels(task, label).unsqueeze(1).to(dtype)
+    value = (torch.log1p(value.clamp_min(0.0)) if task.kind == "depth" else value) * valid
     if present is not None:
         keep = present.reshape(-1, 1, 1, 1).to(dtype)
         value, valid = value * keep, valid * keep
@@ -99,4 +89,4 @@ class LabelMapEmbedding(nn.Module):
         return self.body(F.adaptive_avg_pool2d(encoded, self.spatial))
 
 
-__all__ = ["LabelMapEmbedding", "encode_label_map", "encoded_channels", "is_dense", "DENSE_KINDS"]
+__all__ = ["LabelMapEmbedding", "encode_label_map", "encoded_channels"]

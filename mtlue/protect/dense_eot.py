@@ -18,18 +18,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mtlue.models.label_maps import is_dense
-
-INVALID = {"segmentation": -1, "depth": 0.0, "normal": 0.0}
+from mtlue.data.dense import INVALID, hflip_label
 
 
 def dense_flips_allowed(tasks) -> bool:
     """A label-aware flip keeps every dense label right; image-level labels must be flip-safe themselves."""
-    return all(t.flip_safe for t in tasks if not is_dense(t))
+    return all(t.flip_safe for t in tasks if not t.is_dense)
 
 
 def has_dense_tasks(tasks) -> bool:
-    return any(is_dense(t) for t in tasks)
+    return any(t.is_dense for t in tasks)
 
 
 class LabelAwareEOT(torch.nn.Module):
@@ -44,7 +42,7 @@ class LabelAwareEOT(torch.nn.Module):
         self.kind = kind
         self.height, self.width = int(image_shape[0]), int(image_shape[1])
         self.pad = max(1, min(self.height, self.width) // 8)
-        self.dense = tuple(t for t in tasks if is_dense(t))
+        self.dense = tuple(t for t in tasks if t.is_dense)
 
     def forward(self, x: torch.Tensor, labels: dict) -> tuple[torch.Tensor, dict]:
         if self.kind == "none":
@@ -52,23 +50,23 @@ class LabelAwareEOT(torch.nn.Module):
         batch, pad = x.shape[0], self.pad
         offsets = torch.randint(0, 2 * pad + 1, (batch, 2)).tolist()
         flips = (torch.rand(batch) < 0.5).tolist() if self.kind == "crop_flip" else [False] * batch
-        out = self._move(F.pad(x, (pad,) * 4, mode="reflect"), offsets, flips)
+        out = self._move(F.pad(x, (pad,) * 4, mode="reflect"), offsets, flips, None)
         moved = dict(labels)
         for task in self.dense:
             label = labels[task.name]
             planar = label.dim() == 3  # segmentation (B,H,W)
             padded = F.pad(label.unsqueeze(1) if planar else label, (pad,) * 4, value=INVALID[task.kind])
-            label = self._move(padded, offsets, flips)
-            if task.kind == "normal":
-                sign = torch.tensor([-1.0 if f else 1.0 for f in flips], dtype=label.dtype, device=label.device)
-                label = torch.cat([label[:, :1] * sign.reshape(-1, 1, 1, 1), label[:, 1:]], 1)
+            label = self._move(padded, offsets, flips, task)
             moved[task.name] = label.squeeze(1) if planar else label
         return out, moved
 
-    def _move(self, padded: torch.Tensor, offsets, flips) -> torch.Tensor:
-        """Per sample: the H×W window at its offset of the padded (B,C,H+2p,W+2p) map, flipped if drawn."""
+    def _move(self, padded: torch.Tensor, offsets, flips, task) -> torch.Tensor:
+        """Per sample: the H×W window at its offset of the padded (B,C,H+2p,W+2p) map, flipped if drawn
+        (a dense task's label as `mtlue.data.dense.hflip_label` flips it; task None: the image)."""
         rows = []
         for b, ((top, left), flip) in enumerate(zip(offsets, flips)):
-            window = padded[b, :, top:top + self.height, left:left + self.width]
-            rows.append(window.flip(-1) if flip else window)
-        return torch.stack(rows)
+            window = padded[b:b + 1, :, top:top + self.height, left:left + self.width]
+            if flip:
+                window = window.flip(-1) if task is None else hflip_label(task, window)
+            rows.append(window)
+        return torch.cat(rows)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from mtlue.data.base import item_tensors
 from mtlue.errors import ConfigError
-from mtlue.models.label_maps import is_dense
+from mtlue.data.dense import valid_pixels
 from mtlue.models.losses import predictions, task_losses
 from mtlue.models.mtl import build_model, load_checkpoint, save_checkpoint
 from mtlue.store.layout import dumps_json, sha256_file, write_text_atomic
@@ -97,14 +97,14 @@ class PoisonedError:
     stop_error exactly when every task is."""
 
     def __init__(self, tasks, task_names):
-        self.tasks = tuple(t for t in tasks if (t.is_classification or is_dense(t)) and t.name in task_names)
+        self.tasks = tuple(t for t in tasks if (t.is_classification or t.is_dense) and t.name in task_names)
         self.wrong = {t.name: 0 for t in self.tasks}
         self.count = {t.name: 0 for t in self.tasks}
 
     def add(self, outputs: dict, labels: dict, masks: dict | None = None) -> None:
         masks = masks or {}
         for task in self.tasks:
-            if is_dense(task):
+            if task.is_dense:
                 miss, valid = dense_misses(task, outputs[task.name], labels[task.name])
                 mask = masks.get(task.name)
                 if mask is not None:
@@ -126,8 +126,6 @@ class PoisonedError:
 def dense_misses(task, output: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(miss, valid), both bool (B,H,W), of one dense task: a wrong class; a depth off by a ratio of
     DEPTH_RATIO_HIT or more; a normal NORMAL_ANGLE_HIT degrees or more off."""
-    from mtlue.models.losses import valid_pixels
-
     valid = valid_pixels(task, label)
     if task.kind == "segmentation":
         return output.argmax(1) != label.long(), valid

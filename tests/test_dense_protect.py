@@ -1,0 +1,148 @@
+"""Dense MTL-UE: the label-map embedding's input encoding, the generator with dense tasks, the label-aware
+EOT, dense base targets and stop statistic."""
+
+import torch
+import torch.nn.functional as F
+
+from mtlue.data.base import TaskSpec
+from mtlue.models.generator import build_generator
+from mtlue.models.label_maps import encode_label_map, encoded_channels
+from mtlue.protect.dense_eot import LabelAwareEOT, dense_flips_allowed
+from mtlue.protect.objectives import base_target
+
+SEG = TaskSpec("seg", "segmentation", 4)
+DEPTH = TaskSpec("depth", "depth", 1)
+NORMAL = TaskSpec("normal", "normal", 3)
+CLASS = TaskSpec("kind", "multiclass", 3, flip_safe=True)
+
+
+def dense_labels(batch=2, height=16, width=24, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    seg = torch.randint(-1, SEG.num_classes, (batch, height, width), generator=g)
+    depth = torch.rand(batch, 1, height, width, generator=g) * 9 + 0.5
+    depth[:, :, :3] = 0.0
+    normal = F.normalize(torch.randn(batch, 3, height, width, generator=g), dim=1)
+    normal[:, :, :, :4] = 0.0
+    return {"seg": seg, "depth": depth, "normal": normal, "kind": torch.arange(batch) % 3}
+
+
+def test_segmentation_encoding_has_a_void_channel():
+    label = torch.tensor([[[0, 3, -1], [2, -1, 1]]])
+    encoded = encode_label_map(SEG, label)
+    assert encoded.shape == (1, encoded_channels(SEG), 2, 3) == (1, 5, 2, 3)
+    assert torch.equal(encoded.sum(1), torch.ones(1, 2, 3))  # exactly one channel per pixel
+    assert torch.equal(encoded[0, 4], (label[0] == -1).float())  # void -> the extra channel
+    assert encoded[0, 3, 0, 1] == 1 and encoded[0, 0, 0, 0] == 1
+    absent = encode_label_map(SEG, label, torch.tensor([False]))
+    assert torch.equal(absent[0, 4], torch.ones(2, 3))  # a missing label is all void
+
+
+def test_depth_and_normal_encodings_carry_validity():
+    labels = dense_labels()
+    depth = encode_label_map(DEPTH, labels["depth"])
+    assert depth.shape[1] == 2
+    invalid = labels["depth"][:, 0] == 0
+    assert torch.equal(depth[:, 1], (~invalid).float())
+    assert torch.all(depth[:, 0][invalid] == 0)
+    assert torch.allclose(depth[:, 0][~invalid], torch.log1p(labels["depth"][:, 0][~invalid]))
+    normal = encode_label_map(NORMAL, labels["normal"])
+    assert normal.shape[1] == 4
+    assert torch.equal(normal[:, 3], (labels["normal"].abs().sum(1) > 0).float())
+    assert torch.equal(normal[:, :3], labels["normal"])
+    absent = encode_label_map(NORMAL, labels["normal"], torch.tensor([True, False]))
+    assert torch.all(absent[1] == 0) and torch.equal(absent[0], normal[0])
+
+
+def test_generator_conditions_on_dense_label_maps():
+    torch.manual_seed(0)
+    tasks = [SEG, DEPTH, NORMAL, CLASS]
+    generator = build_generator(tasks, (16, 24, 3), 8 / 255, "cifar", width=8).eval()
+    x = torch.rand(2, 3, 16, 24)
+    labels = dense_labels()
+    delta = generator(x, labels)
+    assert delta.shape == x.shape and float(delta.abs().max()) <= 8 / 255 + 1e-7
+    # the label map drives δ; an unprotected task or a missing label means "all invalid"
+    other = dict(labels, seg=torch.roll(labels["seg"], 5, dims=2))
+    assert not torch.allclose(generator(x, other), delta)
+    unprotected = generator(x, labels, protected=["depth", "normal", "kind"])
+    missing = generator(x, labels, masks={"seg": torch.tensor([False, False])})
+    assert torch.allclose(unprotected, missing)
+    assert not torch.allclose(unprotected, delta)
+    # only classification tasks have lookup tables (the regularisers see no dense task)
+    assert list(generator.embedding_tables()) == ["kind"]
+    assert len(generator.label_maps) == 3
+
+
+def test_generator_with_dense_tasks_is_reproducible():
+    def make():
+        torch.manual_seed(3)
+        return build_generator([SEG, DEPTH], (16, 24, 3), 8 / 255, "cifar", width=8)
+
+    x, labels = torch.rand(2, 3, 16, 24), dense_labels()
+    a, b = make(), make()
+    for g in (a, b):
+        g(x, labels).square().sum().backward()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa, pb) and torch.equal(pa.grad, pb.grad)
+
+
+def test_label_aware_eot_moves_label_maps_with_the_image():
+    height, width = 16, 24
+    columns = torch.arange(width, dtype=torch.float32).expand(height, width)
+    x = (columns / width).expand(4, 3, height, width).clone()
+    seg = (columns.long() % SEG.num_classes).expand(4, height, width).clone()
+    depth = (columns + 1.0).expand(4, 1, height, width).clone()
+    normal = torch.zeros(4, 3, height, width)
+    normal[:, 0], normal[:, 2] = 0.6, 0.8
+    labels = {"seg": seg, "depth": depth, "normal": normal, "kind": torch.tensor([0, 1, 2, 0])}
+    torch.manual_seed(1)
+    eot = LabelAwareEOT("crop_flip", (height, width, 3), [SEG, DEPTH, NORMAL, CLASS])
+    flipped = 0
+    for _ in range(5):
+        out, moved = eot(x, labels)
+        assert out.shape == x.shape and moved["seg"].shape == seg.shape and moved["depth"].shape == depth.shape
+        assert torch.equal(moved["kind"], labels["kind"])
+        valid = moved["depth"][:, 0] > 0
+        # away from the padded border the label still names the image's column
+        column = moved["depth"][:, 0] - 1
+        assert torch.allclose(out[:, 0][valid], column[valid] / width)
+        assert torch.equal(moved["seg"][valid], column[valid].long() % SEG.num_classes)
+        assert torch.all(moved["seg"][~valid] == -1)  # the padded border carries no label
+        normal_valid = moved["normal"].abs().sum(1) > 0
+        assert torch.equal(normal_valid, valid)
+        for b in range(4):
+            row = out[b, 0, 0]
+            is_flipped = bool((row[1:] - row[:-1]).sum() < 0)
+            nx = moved["normal"][b, 0][normal_valid[b]]
+            assert torch.allclose(nx, torch.full_like(nx, -0.6 if is_flipped else 0.6))
+            flipped += is_flipped
+    assert 0 < flipped < 20
+    assert dense_flips_allowed([SEG, DEPTH, NORMAL, CLASS])
+    assert not dense_flips_allowed([SEG, TaskSpec("left", "binary", 2)])
+
+
+def test_segmentation_tap_target_shifts_classes_and_keeps_void():
+    label = torch.tensor([[-1, 0, 1, 3]])
+    target, descend = base_target("tap", SEG, label)
+    assert descend and torch.equal(target, torch.tensor([[-1, 2, 3, 1]]))
+    em_target, em_descend = base_target("em", SEG, label)
+    assert em_descend and torch.equal(em_target, label)
+    assert base_target("sep", DEPTH, torch.ones(1, 1, 2, 2))[1] is False  # ascended, as regression
+
+
+def test_dense_stop_statistic_counts_valid_pixels_only():
+    from mtlue.protect.surrogate import PoisonedError
+
+    labels = dense_labels(seed=2)
+    perfect = {"seg": F.one_hot(labels["seg"].clamp_min(0), SEG.num_classes).permute(0, 3, 1, 2).float() * 10,
+               "depth": labels["depth"].clone(), "normal": labels["normal"] * 3}
+    errors = PoisonedError([SEG, DEPTH, NORMAL], ["seg", "depth", "normal"])
+    errors.add(perfect, labels)
+    assert errors.worst() == 0.0
+    assert errors.count["depth"] == int((labels["depth"] > 0).sum())
+    wrong = {"seg": perfect["seg"].roll(1, 1), "depth": perfect["depth"] * 1.3, "normal": -perfect["normal"]}
+    errors = PoisonedError([SEG, DEPTH, NORMAL], ["seg", "depth", "normal"])
+    errors.add(wrong, labels, {"seg": torch.tensor([True, False])})
+    assert errors.worst() == 1.0
+    assert errors.count["seg"] == int((labels["seg"][0] >= 0).sum())  # the sample without a label is skipped
+    assert all(errors.wrong[name] == errors.count[name] for name in ("seg", "depth", "normal"))
