@@ -67,14 +67,17 @@ class SingleTaskNets(nn.Module):
         super().__init__()
         self.tasks = tuple(tasks)
         self.backbone_name = backbone
-        self.nets = nn.ModuleList(MultiTaskNet([t], backbone, in_channels, image_size) for t in self.tasks)
+        dense = any(t.is_dense for t in self.tasks)  # then every net is dense, so the representations concatenate
+        self.nets = nn.ModuleList(_hps_net([t], backbone, in_channels, image_size, dense) for t in self.tasks)
+        # a dense net's representation is a feature map: the parts are split along channels (dim 1) too
+        self.widths = [net.backbone.out_channels if dense else SHARED_WIDTH for net in self.nets]
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([net.features(x) for net in self.nets], dim=1)
 
     def heads_forward(self, rep: torch.Tensor) -> dict:
         out = {}
-        for net, part in zip(self.nets, rep.split(SHARED_WIDTH, dim=1)):
+        for net, part in zip(self.nets, rep.split(self.widths, dim=1)):
             out.update(net.heads_forward(part))
         return out
 
@@ -91,16 +94,24 @@ class SingleTaskNets(nn.Module):
         return [p for net in self.nets for p in net.task_parameters()]
 
 
+def _hps_net(tasks, backbone: str, in_channels: int, image_size: int, dense: bool | None = None) -> nn.Module:
+    """One hard-parameter-sharing net: the dense victim (mtlue.models.dense) when a task is dense."""
+    if any(t.is_dense for t in tasks) if dense is None else dense:
+        from mtlue.models.dense import DenseMultiTaskNet
+
+        return DenseMultiTaskNet(tasks, backbone, in_channels)
+    return MultiTaskNet(tasks, backbone, in_channels, image_size)
+
+
 def build_model(tasks, backbone: str = "resnet18", in_channels: int = 3, image_size: int = 32, stl: bool = False) -> nn.Module:
-    """A randomly initialised victim for `tasks` (TaskSpec sequence); STL builds one net per task."""
+    """A randomly initialised victim for `tasks` (TaskSpec sequence); STL builds one net per task.
+
+    When any task is dense the victim is `mtlue.models.dense.DenseMultiTaskNet`: `backbone` small_cnn is
+    its CPU encoder–decoder, resnet18/34/50 its dilated ResNet with DeepLab (ASPP) heads."""
     tasks = tuple(tasks)
     if not tasks:
         raise ConfigError("build_model: no tasks given")
-    for t in tasks:
-        if t.kind not in ("binary", "multiclass", "regression"):
-            raise ConfigError(f"task {t.name!r}: victim heads support binary, multiclass and regression, not {t.kind!r}")
-    cls = SingleTaskNets if stl else MultiTaskNet
-    model = cls(tasks, backbone, in_channels, image_size)
+    model = SingleTaskNets(tasks, backbone, in_channels, image_size) if stl else _hps_net(tasks, backbone, in_channels, image_size)
     model.build_args = {"tasks": [t.to_json() for t in tasks], "backbone": backbone, "in_channels": int(in_channels), "image_size": int(image_size), "stl": bool(stl)}
     return model
 
