@@ -1,11 +1,13 @@
 """Dense MTL-UE: the label-map embedding's input encoding, the generator with dense tasks, the label-aware
 EOT, dense base targets and stop statistic."""
 
+import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
 from mtlue.data.base import TaskSpec
-from mtlue.models.generator import build_generator
+from mtlue.models.generator import build_generator, load_generator
 from mtlue.models.label_maps import encode_label_map, encoded_channels
 from mtlue.protect.dense_eot import LabelAwareEOT, dense_flips_allowed
 from mtlue.protect.objectives import base_target
@@ -146,3 +148,97 @@ def test_dense_stop_statistic_counts_valid_pixels_only():
     assert errors.worst() == 1.0
     assert errors.count["seg"] == int((labels["seg"][0] >= 0).sum())  # the sample without a label is skipped
     assert all(errors.wrong[name] == errors.count[name] for name in ("seg", "depth", "normal"))
+
+
+class PixelwiseModel(torch.nn.Module):
+    """A 1×1-conv dense model: each output pixel sees only its own input pixel."""
+
+    def __init__(self, tasks):
+        super().__init__()
+        self.tasks = tuple(tasks)
+        torch.manual_seed(0)
+        self.heads = torch.nn.ModuleList(torch.nn.Conv2d(3, t.output_dim, 1) for t in self.tasks)
+
+    def forward(self, x):
+        return {t.name: head(x) for t, head in zip(self.tasks, self.heads)}
+
+
+@pytest.mark.parametrize("objective", ["total", "dgba"])
+def test_dense_attacks_change_only_pixels_with_a_valid_label(objective):
+    from mtlue.attacks import build_attack
+
+    tasks = [SEG, DEPTH, NORMAL]
+    model = PixelwiseModel(tasks).eval()
+    labels = dense_labels(seed=4)
+    labels["seg"][:, :3] = -1  # rows 0-2: no task has a label there (depth too, see dense_labels)
+    labels["normal"][:, :, :3] = 0.0
+    images = torch.rand(2, 3, 16, 24)
+    attack = build_attack("pgd", model, eps=8 / 255, alpha=2 / 255, steps=3, objective=objective)
+    attack.random_start = False
+    adversarial = attack(images, {k: labels[k] for k in ("seg", "depth", "normal")})
+    changed = (adversarial - images).abs().amax(1) > 0
+    assert not changed[:, :3].any()  # nothing to gain where every label is invalid
+    assert changed[:, 3:].float().mean() > 0.9
+
+
+def test_dense_per_sample_losses_ignore_invalid_pixels():
+    from mtlue.attacks.objectives import clean_labels, sample_losses
+
+    tasks = [SEG, DEPTH, NORMAL]
+    model = PixelwiseModel(tasks).eval()
+    labels = {k: v for k, v in dense_labels(seed=5).items() if k != "kind"}
+    safe, masks = clean_labels(tasks, labels, None, torch.device("cpu"))
+    images = torch.rand(2, 3, 16, 24)
+    other = images.clone()
+    other[:, :, :3, :4] = torch.rand(2, 3, 3, 4)  # depth invalid in rows 0-2, normals in columns 0-3
+    labels_void = dict(safe, seg=safe["seg"].clone())
+    labels_void["seg"][:, :3, :4] = -1
+    a = sample_losses(model, images, labels_void, masks)
+    b = sample_losses(model, other, labels_void, masks)
+    assert a.shape == (3, 2) and torch.allclose(a, b)
+    masks["depth"] = torch.tensor([True, False])
+    assert sample_losses(model, images, labels_void, masks)[1, 1] == 0
+
+
+def dense_protect_config(**changes):
+    from mtlue.protect import protect_config
+    from mtlue.protect.config import SurrogateConfig
+
+    base = dict(method="mtlue", base="em", epochs=2, batch_size=16, generator_width=8, seed=1,
+                surrogate=SurrogateConfig(backbone="small_cnn"), samples_per_epoch=32)
+    return protect_config({**base, **changes}, explicit=changes)
+
+
+def test_dense_em_protect_round_trips_through_export_protect_and_verify(tmp_path):
+    from click.testing import CliRunner
+
+    from cli import main
+    from mtlue.data import open_source
+    from mtlue.protect.driver import protect_source
+
+    clean_store = tmp_path / "clean"
+    result = CliRunner().invoke(main, ["export", "scenes:n=40,size=16,seed=2", str(clean_store)])
+    assert result.exit_code == 0, result.output
+    clean = open_source(str(clean_store))
+    manifest = protect_source(clean, tmp_path / "P", dense_protect_config(), torch.device("cpu"), progress=False)
+    assert CliRunner().invoke(main, ["inspect", str(tmp_path / "P"), "--verify"]).exit_code == 0
+    protected = open_source(str(tmp_path / "P"))
+    before, after = next(clean.batches("train", 64)), next(protected.batches("train", 64))
+    difference = np.abs(after.images.astype(int) - before.images.astype(int))
+    assert difference.max() <= 8 and (difference > 0).mean() > 0.3
+    for task in clean.tasks:  # dense labels and their invalid markers are stored untouched
+        assert np.array_equal(after.labels[task.name], before.labels[task.name])
+    assert manifest["protection"]["augment"] == "crop_flip"
+
+
+def test_mixed_dense_and_classification_protect(tmp_path):
+    from mtlue.data import open_source
+    from mtlue.protect.driver import protect_source
+    source = open_source("scenes:n=32,size=16,seed=3,mixed=1")
+    assert {t.kind for t in source.tasks} == {"segmentation", "depth", "normal", "multiclass"}
+    config = dense_protect_config(epochs=1)
+    protect_source(source, tmp_path / "P", config, torch.device("cpu"), progress=False)
+    generator, _ = load_generator(tmp_path / "P.work" / "generator.pt", torch.device("cpu"))
+    assert list(generator.embedding_tables()) == ["objects"] and len(generator.label_maps) == 3
+    history = torch.load(tmp_path / "P.work" / "generator.pt", weights_only=True)["meta"]["history"]
+    assert history[-1]["intra"] > 0.0  # the classification task keeps its regulariser

@@ -139,8 +139,13 @@ class MTLUEConfig(MethodConfig):
     # EOT before the surrogate: auto (crop_flip when every task is flip-safe, else crop) | crop_flip (paper) | crop | none
     augment: str = setting("auto")
     clamp_inputs: bool = setting(True)  # clip x+δ to [0,1] in training as the stored bytes will be (the paper does not)
+    # defenses in the generator's loop (EOT, mtlue.protect.robust): any of jpeg, bdr, gray, erase, at; () = none
+    robust: tuple = setting(())
 
     def __post_init__(self):
+        from mtlue.protect.robust import parse_robust
+
+        object.__setattr__(self, "robust", parse_robust(self.robust))
         check_choice("base", self.base, BASES)
         check_choice("clamp_gradient", self.clamp_gradient, CLAMP_GRADIENTS)
         check_choice("generator_stem", self.generator_stem, GENERATOR_STEMS)
@@ -151,6 +156,13 @@ class MTLUEConfig(MethodConfig):
     @property
     def uses_clean_surrogate(self) -> bool:
         return self.base in ("tap", "sep")
+
+    def resume_settings(self) -> dict:
+        """As MethodConfig's; `robust` only when set, so generators trained before it existed are reused."""
+        settings = super().resume_settings()
+        if not self.robust:
+            settings.pop("robust")
+        return settings
 
     def scaled_milestones(self) -> list[int]:
         """MultiStepLR milestones in outer iterations: paper's [60, 80] of 100, scaled to a shorter cap."""

@@ -24,6 +24,8 @@ from mtlue.models.mtl import atomic_torch_save, checkpoint_errors, load_torch_fi
 from mtlue.protect.base import ProtectionMethod, ProtectContext
 from mtlue.protect.dense_eot import LabelAwareEOT, dense_flips_allowed, has_dense_tasks
 from mtlue.protect.objectives import base_loss
+from mtlue.protect.robust import RULES as ROBUST_RULES
+from mtlue.protect.robust import check_robust_for
 from mtlue.protect.regularisers import embedding_regulariser, inter_task_loss, intra_task_loss
 from mtlue.protect.surrogate import (DENSE_ERROR_RULES, EM_SURROGATE_RULES, PoisonedError, freeze, fresh_surrogate,
                                     restart_surrogate, train_on_poisoned)
@@ -74,6 +76,16 @@ def augmented(augment, x: torch.Tensor, labels: dict) -> tuple[torch.Tensor, dic
     return augment(x), labels
 
 
+def robust_eot(names: tuple, eps: float, image_shape):
+    """The RobustEOT of `--robust` (None without defenses in the loop)."""
+    if not names:
+        return None
+    from mtlue.protect.robust import RobustEOT
+
+    check_robust_for(names, image_shape[2])
+    return RobustEOT(names, eps)
+
+
 class MTLUEMethod(ProtectionMethod):
     """The MTL-UE generator method (`--method mtlue --base em|tap|sep`)."""
 
@@ -86,6 +98,7 @@ class MTLUEMethod(ProtectionMethod):
         self.generator_sha256 = None
         self.stem = None  # "cifar" | "imagenet", resolved from --generator-stem and the source
         self.regulariser_scale = None  # surrogates the regulariser is added for (SEP: ensemble size)
+        self.robust = None  # RobustEOT: the defenses drawn in the generator's loop (--robust), None without
 
     # -- preparation ------------------------------------------------------------------------
     def prepare(self, context: ProtectContext) -> None:
@@ -93,6 +106,7 @@ class MTLUEMethod(ProtectionMethod):
         cfg, device = self.settings, context.device
         self.protected = context.protected_tasks
         self.stem = resolve_stem(cfg.generator_stem, context.source)
+        check_robust_for(cfg.robust, context.source.image_shape[2])
         final_path = context.work_dir / GENERATOR_FILE
         if cfg.generator_path:
             path = Path(cfg.generator_path)
@@ -121,6 +135,8 @@ class MTLUEMethod(ProtectionMethod):
         the cap), the loop's rules and the data it was trained on."""
         key = self.config.resume_settings()
         rules = {**LOOP_RULES, "dense": DENSE_RULES} if has_dense_tasks(self.context.tasks) else LOOP_RULES
+        if self.settings.robust:  # the EOT draw's rules join the key only for a robust run
+            rules = {**rules, "robust": ROBUST_RULES}
         key.update(generator_stem=self.stem, schedule=self.settings.scaled_milestones(), rules=rules,
                    data=self.context.data_identity())
         return json.loads(json.dumps(key))
@@ -156,6 +172,7 @@ class MTLUEMethod(ProtectionMethod):
         kind, shape = resolve_augment(cfg.augment, context.tasks), context.source.image_shape
         augment = (LabelAwareEOT(kind, shape, context.tasks) if has_dense_tasks(context.tasks)
                    else make_augment(kind, shape)).to(device)
+        self.robust = robust_eot(cfg.robust, self.config.eps, shape)
 
         state_path = context.work_dir / STATE_FILE
         start = 0
@@ -206,6 +223,8 @@ class MTLUEMethod(ProtectionMethod):
         # Per-iteration seeds make a resumed run replay exactly what an uninterrupted one does.
         torch.manual_seed(seed * 100003 + iteration)
         order = torch.Generator().manual_seed(seed * 100003 + iteration)
+        if self.robust is not None:
+            self.robust.reseed(seed * 100003 + iteration + 31337)
         loader = context.train_loader(batch_size, shuffle=True, generator=order, num_samples=cfg.samples_per_epoch)
         for model in surrogates:
             freeze(model)
@@ -240,9 +259,18 @@ class MTLUEMethod(ProtectionMethod):
         gives the same gradient (the generator is unchanged until the step)."""
         cfg = self.settings
         delta = generator(x, labels, masks, self.protected)
-        poisoned, targets = augmented(augment, self._poison(x, delta), labels)
-        loss_b = sum(base_loss(cfg.base, self.context.tasks, model(poisoned), targets, masks, "total", self.protected)
-                     for model in surrogates)
+        if self.robust is None:
+            poisoned, targets = augmented(augment, self._poison(x, delta), labels)
+            loss_b = sum(base_loss(cfg.base, self.context.tasks, model(poisoned), targets, masks, "total",
+                                   self.protected) for model in surrogates)
+        else:  # one defense draw per surrogate, scored on its (mixed) labels as the victim's loss is
+            loss_b = 0.0
+            for model in surrogates:
+                defended, mixed = self.robust(self._poison(x, delta), labels, masks, model)
+                for weight, part_labels, part_masks in mixed:
+                    poisoned, targets = augmented(augment, defended, part_labels)
+                    loss_b = loss_b + weight * base_loss(cfg.base, self.context.tasks, model(poisoned), targets,
+                                                         part_masks, "total", self.protected)
         tables = generator.embedding_tables()
         regulariser = embedding_regulariser(tables, cfg.lambda_intra, cfg.lambda_inter)
         return loss_b + len(surrogates) * regulariser, loss_b, tables
@@ -259,7 +287,11 @@ class MTLUEMethod(ProtectionMethod):
         generator.eval()
 
         def poison(x, labels, masks, index):
-            return augmented(augment, self._poison(x, generator(x, labels, masks, self.protected)), labels)
+            poisoned = self._poison(x, generator(x, labels, masks, self.protected))
+            return augmented(augment, poisoned if self.robust is None else self.robust.images(poisoned), labels)
+
+        if self.robust is not None:
+            self.robust.reseed(self.config.seed * 100003 + iteration + 65537)
 
         if cfg.surrogate_restart:
             restart_surrogate(context, model, optimiser, self.config.seed * 100003 + iteration + 7919)
@@ -302,6 +334,7 @@ class MTLUEMethod(ProtectionMethod):
                 "generator_epoch_cap": cfg.epochs, "generator_lr": cfg.lr, "generator_weight_decay": cfg.weight_decay,
                 "generator_milestones": cfg.scaled_milestones(),
                 "augment": resolve_augment(cfg.augment, self.context.tasks),
+                "robust": list(cfg.robust), "robust_rules": ROBUST_RULES if cfg.robust else None,
                 "surrogate_steps_per_iteration": self._surrogate_step_count() if cfg.base == "em" else None,
                 "clamp_inputs": cfg.clamp_inputs, "samples_per_epoch": cfg.samples_per_epoch,
                 "generator_width": cfg.generator_width, "generator_stem": self.stem,
