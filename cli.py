@@ -406,6 +406,11 @@ def _surrogate_help(text: str) -> str:
               help=_for("augment", "EOT augmentation of x+δ before the surrogate: the attacker's standard "
                                    "augmentation (auto: random crop, plus flip when every task is flip-safe; a flip "
                                    "changes digits' left/right labels)."))
+@click.option("--robust", default=None,
+              help=_for("robust", "Defenses in the generator's loop (EOT), comma-separated: jpeg (differentiable "
+                                  "JPEG, quality 10-30), bdr (2-bit, straight-through), gray (RGB only), erase "
+                                  "(cutout, cutmix, mixup, UEraser-lite), at (REM-style PGD adversary, radius ε/2) "
+                                  "[default: none]."))
 @click.option("--clamp/--no-clamp", "clamp_inputs", default=_default("clamp_inputs"), show_default=True,
               help=_for("clamp_inputs", "Clip x+δ to [0,1] while training the generator, as the stored bytes will "
                                         "be (--no-clamp: the paper's unclipped x+δ)."))
@@ -425,11 +430,6 @@ def _surrogate_help(text: str) -> str:
 @click.option("--norm", type=click.Choice(["linf", "l2"]), default=_default("norm"),
               help=_for("norm", "Budget norm [default: l2 as the LSP/AR papers, then clipped to ε]."))
 @click.option("--device", default="auto", show_default=True, help="auto · cpu · cuda · cuda:N.")
-@click.option("--robust", default=None,
-              help=_for("robust", "Defenses in the generator's loop (EOT), comma-separated: jpeg (differentiable "
-                                  "JPEG, quality 10-30), bdr (2-bit, straight-through), gray (RGB only), erase "
-                                  "(cutout, cutmix, mixup, UEraser-lite), at (REM-style PGD adversary, radius ε/2) "
-                                  "[default: none]."))
 @click.option("--work-dir", default=None, type=click.Path(file_okay=False),
               help="Generator/surrogate checkpoints (default: STORE.work/ beside the store).")
 @click.option("--shard-size", type=int, default=2048, show_default=True)
@@ -463,6 +463,10 @@ def protect(ctx, source, store, surrogate_backbone, surrogate_epochs, protect_ta
     if protect_tasks:
         options["protect_tasks"] = tuple(t.strip() for t in protect_tasks.split(",") if t.strip())
     options["surrogate"] = SurrogateConfig(backbone=surrogate_backbone, epochs=surrogate_epochs)
+    if options.get("robust") is not None:
+        from mtlue.protect.robust import parse_robust
+
+        options["robust"] = parse_robust(options["robust"])
     config = protect_config(options, explicit={name for name in options if name in ctx.params and given(name)})
     manifest = protect_source(open_source(source), store, config, resolve_device(device), work_dir=config.work_dir,
                               overwrite=overwrite, progress=not quiet, shard_size=shard_size)
@@ -482,10 +486,6 @@ def protect(ctx, source, store, surrogate_backbone, surrogate_epochs, protect_ta
 @click.option("--objective", default="total", show_default=True,
               help="single:TASK, total (sum of task losses), dgba (Σ_t ∇ℓ_t/ℓ_t per sample) or signsum (Σ_t sign ∇L_t).")
 @click.option("--attack", "attack_name", type=click.Choice(["pgd", "fgsm", "apgd"]), default="pgd", show_default=True)
-    if options.get("robust") is not None:
-        from mtlue.protect.robust import parse_robust
-
-        options["robust"] = parse_robust(options["robust"])
 @click.option("--epsilon", type=float, default=8.0, show_default=True, help="L∞ budget in 1/255 units.")
 @click.option("--alpha", type=float, default=2.0, show_default=True, help="PGD step size in 1/255 units.")
 @click.option("--steps", type=int, default=25, show_default=True, help="Iterations (PGD, APGD).")
