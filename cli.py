@@ -50,6 +50,21 @@ def main():
     """
 
 
+def _distributed(device):
+    """This process's mtlue.distributed.DistContext: under torchrun from its RANK, WORLD_SIZE and LOCAL_RANK
+    (read here, the one place mtlue reads them), else a single process on `device`."""
+    import atexit
+
+    from mtlue.distributed import DistContext
+
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistContext.single(device)
+    context = DistContext.start(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")), device)
+    atexit.register(context.close)
+    return context
+
+
 # ---- data and store (datasets, export, inspect) ----------------------------------------
 
 
@@ -309,8 +324,12 @@ def train(data, test_spec, weighting, backbone, epochs, batch_size, lr, optimize
     out_dir = out_dir or f"runs/train-{weighting}"
     floor_labels = {t.name: train_source.label_array("train", t.name) for t in train_source.tasks}
     hook = build_defense(defense, train_source.tasks, generator=torch.Generator().manual_seed(seed + 7))
+    dist = _distributed(torch_device)
     result = train_model(config, train_source.dataset("train"), test_source.dataset("test"), train_source.tasks,
-                         torch_device, out_dir=out_dir, defense=hook, progress=not quiet, floor_labels=floor_labels)
+                         dist.device, out_dir=out_dir, defense=hook, progress=not quiet, floor_labels=floor_labels,
+                         dist=dist)
+    if not dist.is_main:
+        return
     history = result.history
     click.echo(f"{'task':<22}{'metric':<19}{'chance':>8}{'peak':>8}{'last':>8}")
     for task in train_source.tasks:
@@ -468,8 +487,12 @@ def protect(ctx, source, store, surrogate_backbone, surrogate_epochs, protect_ta
 
         options["robust"] = parse_robust(options["robust"])
     config = protect_config(options, explicit={name for name in options if name in ctx.params and given(name)})
-    manifest = protect_source(open_source(source), store, config, resolve_device(device), work_dir=config.work_dir,
-                              overwrite=overwrite, progress=not quiet, shard_size=shard_size)
+    dist = _distributed(resolve_device(device))
+    manifest = protect_source(open_source(source), store, config, dist.device, work_dir=config.work_dir,
+                              overwrite=overwrite, progress=not quiet and dist.is_main, shard_size=shard_size,
+                              dist=dist)
+    if not dist.is_main:
+        return
     record = manifest["protection"]
     count = manifest["splits"]["train"]["count"]
     click.echo(f"protected {count} train samples of {source} -> {store} "

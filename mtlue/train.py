@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from mtlue.data.base import item_tensors
+from mtlue.distributed_training import DataParallel
 from mtlue.errors import ConfigError
 from mtlue.jsonio import write_json
 from mtlue.metrics import best_value, chance_values, check_binary_metric, nanmean, primary_metric, task_metrics
@@ -133,13 +134,16 @@ def _defended_losses(tasks, outputs, targets: list, masks) -> torch.Tensor:
     return total
 
 
-def train_model(config: TrainConfig, train_data, test_data, tasks, device, out_dir=None, defense=None, progress: bool = True, floor_labels: dict | None = None) -> TrainResult:
+def train_model(config: TrainConfig, train_data, test_data, tasks, device, out_dir=None, defense=None, progress: bool = True, floor_labels: dict | None = None, dist=None) -> TrainResult:
     """Train a victim on `train_data`, test on `test_data` every epoch; history as metrics.json holds.
 
     Data are torch Datasets of item dicts (or Sources: their 'train'/'test' splits are used).
     `floor_labels` {task: (labels, masks)} are the train labels for the majority floor; when
     absent they are gathered from the training batches of the first epoch.
     `defense(images, labels, masks, model) -> (images, [(weight, labels), ...])` runs on each batch.
+    Under torchrun (`dist`, mtlue.distributed.DistContext) `batch_size` stays the global batch: each rank
+    trains on its slice of every global batch and the ranks' gradients are combined exactly
+    (mtlue.distributed_training); rank 0 alone writes `out_dir`.
     """
     from tqdm.auto import tqdm
 
@@ -153,7 +157,8 @@ def train_model(config: TrainConfig, train_data, test_data, tasks, device, out_d
     generator = seed_everything(config.seed)
     channels, height, _ = train_set[0]["image"].shape
     model = build_model(tasks, config.backbone, in_channels=int(channels), image_size=int(height), stl=config.stl).to(device)
-    weighting = build_weighting(config.weighting, len(tasks), generator=torch.Generator().manual_seed(config.seed + 1), grad_space=config.grad_space, grad_method=config.grad_method, chunk=config.grad_chunk).to(device)
+    weighting = build_weighting(config.weighting, len(tasks), generator=torch.Generator().manual_seed(config.seed + 1), grad_space=config.grad_space, grad_method=config.grad_method, chunk=config.grad_chunk, dist=dist).to(device)
+    data_parallel = DataParallel.of(dist, model, weighting, config.batch_size)
     groups = [{"params": list(model.parameters())}]
     if list(weighting.parameters()):
         groups.append({"params": list(weighting.parameters()), "weight_decay": 0.0})
@@ -161,10 +166,16 @@ def train_model(config: TrainConfig, train_data, test_data, tasks, device, out_d
     scheduler = build_schedule(config, optimizer)
     augment = build_augmentation(config.augment, tasks, train_set[0]["image"].permute(1, 2, 0).shape).to(device)
     train_loader = torch.utils.data.DataLoader(train_set, batch_size=config.batch_size, shuffle=True, generator=generator, num_workers=config.num_workers, drop_last=len(train_set) > config.batch_size, persistent_workers=config.num_workers > 0)
+    if data_parallel is not None:
+        train_loader = data_parallel.loader(train_loader)
+        progress = progress and dist.is_main
+        out_dir = out_dir if dist.is_main else None
     test_loader = torch.utils.data.DataLoader(test_set, batch_size=max(config.batch_size, 256), shuffle=False, num_workers=config.num_workers)
     metric_names = {t.name: primary_metric(t, config.binary_metric) for t in tasks}
     collected = {t.name: ([], []) for t in tasks} if floor_labels is None else None
     history = {"config": asdict(config), "tasks": [t.to_json() for t in tasks], "metric": metric_names, "epochs": []}
+    if data_parallel is not None:
+        history["distributed"] = data_parallel.record()
     started = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
         model.train()
@@ -186,7 +197,11 @@ def train_model(config: TrainConfig, train_data, test_data, tasks, device, out_d
             losses = _defended_losses(tasks, outputs, targets, masks)
             if not torch.isfinite(losses).all():
                 raise ConfigError(f"epoch {epoch}: non-finite task loss {losses.tolist()} (lower --lr?)")
+            if data_parallel is not None:
+                data_parallel.before_backward(len(images))
             weighting.backward(losses, model, rep)
+            if data_parallel is not None:
+                data_parallel.after_backward()
             if config.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
@@ -194,6 +209,8 @@ def train_model(config: TrainConfig, train_data, test_data, tasks, device, out_d
             steps += 1
             bar.set_postfix(loss=f"{float(losses.detach().sum()):.3f}")
         scheduler.step()
+        if data_parallel is not None:
+            loss_sum, steps = data_parallel.epoch_losses(loss_sum, steps)
         weighting.end_epoch(loss_sum / max(steps, 1))
         if collected is not None and epoch == 1:
             floor_labels = {k: (np.concatenate(v[0]), np.concatenate(v[1]).astype(bool)) for k, v in collected.items()}

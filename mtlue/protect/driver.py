@@ -78,18 +78,25 @@ def poisoned_index_set(source: Source, split: str, rate: float, seed: int) -> np
 
 def protect_source(source: Source, store_dir, config: ProtectConfig, device: torch.device, work_dir=None,
                    overwrite: bool = False, progress: bool = True, shard_size: int = DEFAULT_SHARD_SIZE,
-                   on_iteration: Callable[[int], None] | None = None, method=None) -> dict:
+                   on_iteration: Callable[[int], None] | None = None, method=None, dist=None) -> dict:
     """Run `config.method` on the train split of `source` and write the protected store; returns the manifest.
 
     Resumes: the method reloads its last checkpoint from `work_dir`, and finished shards of an
     interrupted run with the same settings are kept. `method` overrides the registry (tests).
+    Under torchrun (`dist`, a mtlue.distributed.DistContext of several processes) rank 0 prepares the
+    method first and the others load what it wrote to `work_dir`; each rank writes the shards with
+    shard_id % world_size == rank, and rank 0 writes the VDS and the manifest last, after a barrier.
     """
+    from mtlue.distributed import DistContext
     from mtlue.store.recovery import recover_interrupted_overwrite
     from mtlue.store.writer import check_output_dir, store_entries
 
+    dist = dist if dist is not None else DistContext.single(device)
     store_dir = Path(os.fspath(store_dir))
     source.check_split("train")
-    recover_interrupted_overwrite(store_dir)  # a killed --overwrite: the old store back, before it is judged
+    if dist.is_main:
+        recover_interrupted_overwrite(store_dir)  # a killed --overwrite: the old store back, before it is judged
+    dist.barrier()
     if (store_dir / "manifest.json").is_file() and not overwrite:
         raise StoreError(f"{store_dir}: a complete store is already there; pass --overwrite to replace it")
     work_dir = Path(work_dir) if work_dir else default_work_dir(store_dir)
@@ -102,10 +109,11 @@ def protect_source(source: Source, store_dir, config: ProtectConfig, device: tor
         store_entries(str(store_dir))  # an interrupted store may be resumed; a folder of other files never is
     created_work_dir = not work_dir.exists()
     try:
+        dist.barrier()  # every rank has judged the output directory before rank 0 writes to it
         return _protect(source, store_dir, config, device, work_dir, overwrite, progress, shard_size, on_iteration,
-                        method)
+                        method, dist)
     except MtlueError:
-        if created_work_dir:
+        if created_work_dir and dist.is_main:
             remove_empty_tree(work_dir)  # a refused run leaves no empty STORE.work/ behind
         raise
 
@@ -122,36 +130,55 @@ def remove_empty_tree(path: Path) -> None:
 
 
 def _protect(source, store_dir: Path, config: ProtectConfig, device, work_dir: Path, overwrite: bool, progress: bool,
-             shard_size: int, on_iteration, method) -> dict:
+             shard_size: int, on_iteration, method, dist) -> dict:
     from mtlue.protect import build_method
     from mtlue.store.writer import StoreWriter
 
     method = method if method is not None else build_method(config)
     context = ProtectContext(source, config, device, work_dir, progress=progress, on_iteration=on_iteration)
+    if not dist.is_main:
+        dist.barrier()  # rank 0 prepares first (trains and checkpoints); this rank then loads its result
     method.prepare(context)
-    record = protection_record(config, method, context)
+    if dist.is_main:
+        dist.barrier()
+    record = protection_record(config, method, context, dist)
 
     poisoned = poisoned_index_set(source, "train", config.poison_rate, config.seed)
     record["poisoned_indices"] = "all" if poisoned is None else poisoned.tolist()
-    run_key = {"record": {k: v for k, v in record.items() if k not in ("software", "surrogate")}, "shard_size": shard_size,
-               "source": source.identity(), "count": source.size("train")}
+    # the shards do not depend on the world size, so a run resumes under another one
+    run_key = {"record": {k: v for k, v in record.items() if k not in ("software", "surrogate", "distributed")},
+               "shard_size": shard_size, "source": source.identity(), "count": source.size("train")}
     run_key = json.loads(json.dumps(run_key))
-    run_path = work_dir / RUN_FILE
-    partial = store_dir.is_dir() and any(store_dir.iterdir()) and not (store_dir / "manifest.json").is_file()
-    resume = partial and run_path.is_file() and json.loads(run_path.read_text()) == run_key
-    if partial and not resume and not overwrite:
-        raise StoreError(f"{store_dir}: holds an unfinished store from a run with other settings; pass --overwrite")
-    write_text_atomic(str(run_path), dumps_json(run_key))
+    resume = False
+    if dist.is_main:
+        run_path = work_dir / RUN_FILE
+        partial = store_dir.is_dir() and any(store_dir.iterdir()) and not (store_dir / "manifest.json").is_file()
+        resume = partial and run_path.is_file() and json.loads(run_path.read_text()) == run_key
+        if partial and not resume and not overwrite:
+            raise StoreError(f"{store_dir}: holds an unfinished store from a run with other settings; pass --overwrite")
+        write_text_atomic(str(run_path), dumps_json(run_key))
 
     def make_batches(start: int, stop: int):
+        # batches start at each shard's first position, so their boundaries do not depend on the world size
         for batch in source.batches("train", config.batch_size, start, stop):
             yield protect_batch(batch, method, config, poisoned, device)
 
-    writer = StoreWriter(store_dir, source.tasks, source.image_shape, overwrite=overwrite and not resume, resume=resume)
+    if dist.is_main:
+        writer = StoreWriter(store_dir, source.tasks, source.image_shape, overwrite=overwrite and not resume,
+                             resume=resume)
+        dist.broadcast_object(writer.write_dir)
+    else:  # rank 0 has prepared the directory (and removed stale files): write into it
+        writer = StoreWriter.joining(dist.broadcast_object(None), source.tasks, source.image_shape)
     with writer:
-        writer.write_split("train", source.size("train"), shard_size, make_batches, progress=progress)
-        origin = {**source.origin_record(), "image_shape": list(source.image_shape)}
-        return writer.finish(protection=record, extra={"source": origin})
+        writer.write_split("train", source.size("train"), shard_size, make_batches, progress=progress, dist=dist)
+        manifest = None
+        if dist.is_main:
+            origin = {**source.origin_record(), "image_shape": list(source.image_shape)}
+            manifest = writer.finish(protection=record, extra={"source": origin})
+    dist.barrier()  # the manifest is in place
+    if manifest is None:
+        manifest = json.loads((store_dir / "manifest.json").read_text())
+    return manifest
 
 
 def protect_batch(batch: Batch, method, config: ProtectConfig, poisoned: np.ndarray | None, device) -> Batch:
@@ -173,7 +200,7 @@ def protect_batch(batch: Batch, method, config: ProtectConfig, poisoned: np.ndar
     return Batch(batch.index, stored, batch.labels, batch.masks)
 
 
-def protection_record(config: ProtectConfig, method, context: ProtectContext) -> dict:
+def protection_record(config: ProtectConfig, method, context: ProtectContext, dist=None) -> dict:
     """The manifest's `protection` block (JSON-able): the shared settings, the method's own settings
     (`config` holds both, nothing of other methods) and what the method reports."""
     settings = config.settings
@@ -193,6 +220,8 @@ def protection_record(config: ProtectConfig, method, context: ProtectContext) ->
         "batch_size": config.batch_size,
         "world_size_x_batch": f"1 x {config.batch_size}",
     })
+    if dist is not None and dist.distributed:
+        record["distributed"] = {**dist.record(), "shard_owner": "shard_id % world_size"}
     if settings.uses_surrogate:
         record["surrogate"] = context.surrogate_info or _surrogate_settings(config)
     record["config"] = {k: v for k, v in config.to_json().items() if k != "work_dir"}  # the owner's machine, not the data's

@@ -71,6 +71,20 @@ class StoreWriter:
         self.write_dir = self.store_dir  # where files go: the store itself, or the staging directory
         self._prepare(overwrite, resume)
 
+    @classmethod
+    def joining(cls, write_dir, tasks, image_shape) -> "StoreWriter":
+        """A writer for the shards another process (rank 0 under torchrun) is building in `write_dir`:
+        it writes its own shards there and never prepares, finishes or removes the directory."""
+        writer = cls.__new__(cls)
+        writer.store_dir = writer.write_dir = os.fspath(write_dir)
+        writer.tasks = tuple(t if isinstance(t, TaskSpec) else TaskSpec.from_json(t) for t in tasks)
+        writer.image_shape = tuple(int(d) for d in image_shape)
+        writer.tasks_json = json.dumps([t.to_json() for t in writer.tasks])
+        writer.resume = True  # a finished shard of an earlier attempt is kept
+        writer.splits, writer._created, writer._created_dirs = {}, [], []
+        writer._finished, writer._staging, writer._staging_lock = False, None, None
+        return writer
+
     # ---- context manager -------------------------------------------------------------------
 
     def __enter__(self) -> "StoreWriter":
@@ -221,19 +235,22 @@ class StoreWriter:
 
     # ---- writing ---------------------------------------------------------------------------
 
-    def write_split(self, split: str, num_samples: int, shard_size: int, make_batches, progress: bool = True) -> dict:
+    def write_split(self, split: str, num_samples: int, shard_size: int, make_batches, progress: bool = True,
+                    dist=None) -> dict:
         """Write positions 0..num_samples-1 of `split` in shards of `shard_size`; returns the split's record.
 
         `make_batches(start, stop)` yields Batches for positions [start, stop); it is called once per shard
-        that is not already complete.
+        that is not already complete. With `dist` (a mtlue.distributed.DistContext) this process writes
+        only the shards it owns (shard_id % world_size == rank); after a barrier the main process
+        records every shard, each checked against its sha256 sidecar.
         """
         try:
-            return self._write_split(split, int(num_samples), int(shard_size), make_batches, progress)
+            return self._write_split(split, int(num_samples), int(shard_size), make_batches, progress, dist)
         except BaseException as exc:
             self._fail(type(exc))
             raise
 
-    def _write_split(self, split, num_samples, shard_size, make_batches, progress) -> dict:
+    def _write_split(self, split, num_samples, shard_size, make_batches, progress, dist=None) -> dict:
         if not SPLIT_NAME.match(split) or split in ("manifest",):
             raise StoreError(f"{self.store_dir}: bad split name {split!r}")
         if split in self.splits:
@@ -243,14 +260,17 @@ class StoreWriter:
         if shard_size < 1:
             raise StoreError(f"{self.store_dir}: shard size must be at least 1, got {shard_size}")
         split_dir = os.path.join(self.write_dir, split)
-        if not os.path.isdir(split_dir):
+        ranges = shard_ranges(num_samples, shard_size)
+        main = dist is None or dist.is_main
+        if main and not os.path.isdir(split_dir):
             os.makedirs(split_dir)
             self._created_dirs.append(split_dir)
-        ranges = shard_ranges(num_samples, shard_size)
         planned = {os.path.basename(shard_relpath(split, i, len(ranges))) for i in range(len(ranges))}
-        for name in os.listdir(split_dir):  # shards of an earlier export with another shard size
+        for name in os.listdir(split_dir) if main else ():  # shards of an earlier export with another shard size
             if SHARD_ENTRY.match(name) and name.split(".h5")[0] + ".h5" not in planned:
                 os.remove(os.path.join(split_dir, name))
+        if dist is not None:
+            dist.barrier()  # the split directory exists and holds no stale shard
         from tqdm.auto import tqdm
 
         records = []
@@ -259,6 +279,9 @@ class StoreWriter:
                 relpath = shard_relpath(split, shard_id, len(ranges))
                 path = os.path.join(self.write_dir, relpath)
                 attrs = {"split": split, "shard_id": shard_id, "num_shards": len(ranges)}
+                if dist is not None and not dist.owns(shard_id):
+                    records.append((path, relpath, attrs, stop - start))  # another rank's: recorded below
+                    continue
                 digest = self._complete_shard(path, attrs, stop - start) if self.resume else None
                 if digest is None:
                     self._created += [path, path + CHECKSUM_SUFFIX]
@@ -269,9 +292,19 @@ class StoreWriter:
                 else:
                     bar.update(stop - start)
                 records.append(self._shard_record(path, relpath, digest))
+        if dist is not None:
+            dist.barrier()  # every rank has written its shards
+            records = [self._written_by_another(*r) if isinstance(r, tuple) else r for r in records] if main else []
         self.splits[split] = {"count": num_samples, "shard_size": shard_size, "vds": vds_name(split),
                               "shards": records}
         return self.splits[split]
+
+    def _written_by_another(self, path: str, relpath: str, attrs: dict, count: int) -> dict:
+        digest = self._complete_shard(path, attrs, count)
+        if digest is None:
+            raise StoreError(f"{relpath}: the rank that owns shard {attrs['shard_id']} did not finish it "
+                             "(missing, or its sha256 sidecar does not match); rerun the command to resume")
+        return self._shard_record(path, relpath, digest)
 
     def _complete_shard(self, path: str, attrs: dict, count: int) -> str | None:
         """The sha256 of a finished shard from an earlier run that matches its sidecar and attributes."""

@@ -13,6 +13,14 @@ the caller's. `backward` returns the task weights it used, (K,), detached.
   matrix GGᵀ, and set the shared gradient to αᵀG. Task heads get ∇ Σ_k L_k (each head only
   sees its own loss), as in LibMTL, except where the reference back-propagates Σ_k α_k L_k
   (`weights_heads`: FairGrad), whose heads get ∇ Σ_k α_k L_k.
+
+Under torchrun (`dist`, a mtlue.distributed.DistContext of several processes, and `share` = this
+rank's part n_r/N of the global batch) a gradient-based strategy is the *global* method: the
+Jacobian of the global-batch losses is J̄ = Σ_r share_r J_r; it is reduce-scattered along P, the
+K × K Gramian J̄J̄ᵀ is all-reduced from the blocks, α comes from it (rank 0's bits, broadcast) and the
+combined gradient αᵀJ̄ is all-gathered, so every rank steps exactly as one process on the whole batch
+would. Loss-based strategies need no collective here: the training loop averages their gradients
+(`reduce_gradients`), which is exact because their total is affine in the losses.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mtlue.distributed_training import reduce_gradients
 from mtlue.errors import ConfigError
 from mtlue.weighting.jacobian import GRAD_METHODS, representation_jacobian, shared_jacobian, write_flat_grad
 
@@ -32,8 +41,10 @@ class Weighting(nn.Module):
     name = "base"
     uses_gradients = False
 
-    def __init__(self, num_tasks: int, generator: torch.Generator | None = None, grad_space: str = "shared", grad_method: str = "auto", chunk: int = 0):
+    def __init__(self, num_tasks: int, generator: torch.Generator | None = None, grad_space: str = "shared", grad_method: str = "auto", chunk: int = 0, dist=None):
         super().__init__()
+        self.dist = dist  # a mtlue.distributed.DistContext, or None for one process
+        self.share = 1.0  # this rank's part n_r/N of the global batch (set by the loop each step)
         if grad_space not in GRAD_SPACES:
             raise ConfigError(f"--grad-space {grad_space!r}: one of {', '.join(GRAD_SPACES)}")
         if grad_method not in GRAD_METHODS:
@@ -76,12 +87,14 @@ class GradientWeighting(Weighting):
         """α (K,) from GGᵀ (K × K, float64 on CPU) and the detached losses; the update is αᵀG."""
         raise NotImplementedError
 
-    def _alpha(self, grads: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
-        gram = (grads @ grads.T).detach().double().cpu()
+    def _alpha(self, grads: torch.Tensor, losses: torch.Tensor, gram: torch.Tensor | None = None) -> torch.Tensor:
+        gram = (grads @ grads.T if gram is None else gram).detach().double().cpu()
         alpha = self.weights_from_gram(gram, losses.detach().double().cpu())
         return alpha.to(device=grads.device, dtype=grads.dtype)
 
     def backward(self, losses, model, rep):
+        if self.dist is not None and self.dist.distributed:
+            return self._global_backward(losses, model, rep)
         task_params = [p for p in model.task_parameters() if p.requires_grad]
         shared_params = [p for p in model.shared_parameters() if p.requires_grad]
         if self.grad_space == "representation":
@@ -102,3 +115,46 @@ class GradientWeighting(Weighting):
             if g is not None:
                 p.grad = g if p.grad is None else p.grad + g
         return alpha.detach()
+
+    def _global_backward(self, losses, model, rep):
+        """The global method over all ranks' samples (module docstring); every rank gets the same .grad."""
+        dist, share = self.dist, float(self.share)
+        task_params = [p for p in model.task_parameters() if p.requires_grad]
+        shared_params = [p for p in model.shared_parameters() if p.requires_grad]
+        global_losses = dist.all_reduce_sum(losses.detach() * share)
+        if self.grad_space == "representation":
+            # ranks hold different samples, so their representation coordinates are disjoint:
+            # the global Gramian is the sum of the ranks' (share-scaled) local ones
+            flat = representation_jacobian(losses, rep).reshape(len(losses), -1) * share
+            gram = dist.all_reduce_sum(flat @ flat.T)
+            alpha = dist.broadcast(self._alpha(flat, global_losses, gram))
+            update = None
+        else:
+            grads = shared_jacobian(losses, rep, shared_params, self.grad_method, self.chunk) * share
+            block, total = _scatter_columns(dist, grads)  # this rank's columns of J̄, (K, P/R)
+            gram = dist.all_reduce_sum(block @ block.T)
+            alpha = dist.broadcast(self._alpha(grads, global_losses, gram))
+            update = dist.all_gather_cat(alpha @ block)[:total]
+        head_loss = (alpha.detach() * losses).sum() if self.weights_heads else losses.sum()
+        head_grads = torch.autograd.grad(head_loss * share, task_params, retain_graph=True, allow_unused=True)
+        if update is not None:
+            write_flat_grad(shared_params, update)
+        else:
+            rep.backward((alpha @ flat).view_as(rep))
+            reduce_gradients(dist, shared_params, share=1.0)  # Σ_r of each rank's rep.backward
+        for p, g in zip(task_params, head_grads):
+            g = dist.all_reduce_sum(g if g is not None else torch.zeros_like(p))
+            p.grad = g if p.grad is None else p.grad + g
+        return alpha.detach()
+
+
+def _scatter_columns(dist, grads: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Σ_r grads_r, this rank's block of ⌈P/R⌉ columns (P padded to a multiple of R), and P."""
+    k, total = grads.shape
+    width = -(-total // dist.world_size)
+    padded = torch.zeros((k, width * dist.world_size), dtype=grads.dtype, device=grads.device)
+    padded[:, :total] = grads
+    # (R·K, width): rows r·K..(r+1)·K hold columns r·width..(r+1)·width of every task
+    blocks = padded.reshape(k, dist.world_size, width).transpose(0, 1).reshape(dist.world_size * k, width)
+    return dist.reduce_scatter_sum(blocks.contiguous()).reshape(k, width), total
+

@@ -1,0 +1,126 @@
+"""Exact data parallelism for mtlue's training loops under torchrun (victims; the MTL-UE generator).
+
+The recipe's batch size stays the *global* batch, whatever the world size: every rank draws the
+same global batches (the same seeded sampler) and trains on its own contiguous slice of each, so
+the samples, their order and the number of optimiser steps are those of one process.
+
+- Loss-based weightings: each rank back-propagates its mean losses and the gradients are averaged
+  with weights share_r = n_r / N (what DDP does for equal slices). Exact, because their total is
+  affine in the losses with coefficients that do not depend on the batch (EW, UW, RLW with its
+  shared per-step generator; DWA from all-reduced epoch losses).
+- Gradient-based weightings combine the ranks' Jacobians themselves (mtlue.weighting.base: the
+  global Gramian and the combined gradient), so nothing is averaged here.
+- BatchNorm: SyncBatchNorm on CUDA (global-batch statistics, `bn_sync = "sync"`); on CPU torch has
+  no synchronised BatchNorm, so statistics are per rank (`per_rank`) and a model with BatchNorm
+  trains close to, not bit-equal with, one process. Recorded in the history and the manifest.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mtlue.errors import ConfigError
+
+
+class RankSlice(torch.utils.data.Sampler):
+    """This rank's contiguous slice of every batch the wrapped batch sampler yields."""
+
+    def __init__(self, batch_sampler, rank: int, world_size: int):
+        self.batch_sampler, self.rank, self.world_size = batch_sampler, rank, world_size
+
+    def __iter__(self):
+        for batch in self.batch_sampler:
+            n = len(batch)
+            yield batch[n * self.rank // self.world_size: n * (self.rank + 1) // self.world_size]
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
+
+
+def has_batch_norm(module: torch.nn.Module) -> bool:
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
+class DataParallel:
+    """One training loop's data parallelism: the rank's loader, the per-step share, the gradient average."""
+
+    def __init__(self, dist, model: torch.nn.Module, weighting, global_batch: int):
+        if global_batch < dist.world_size:
+            raise ConfigError(f"--batch-size {global_batch}: the global batch must hold at least one sample per "
+                              f"process ({dist.world_size} processes)")
+        self.dist, self.model, self.weighting, self.global_batch = dist, model, weighting, int(global_batch)
+        self.share = 1.0
+        if not has_batch_norm(model):
+            self.bn_sync = "none"
+        elif dist.device.type == "cuda":
+            torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # replaces the BatchNorm children in place
+            self.bn_sync = "sync"
+        else:
+            self.bn_sync = "per_rank"
+        broadcast_module(dist, model)  # the same start on every rank, whatever each initialised
+        if weighting is not None:
+            broadcast_module(dist, weighting)
+
+    @classmethod
+    def of(cls, dist, model, weighting, global_batch: int) -> "DataParallel | None":
+        """None for one process (the loop then runs exactly as without torchrun)."""
+        if dist is None or not dist.distributed:
+            return None
+        return cls(dist, model, weighting, global_batch)
+
+    def loader(self, loader: torch.utils.data.DataLoader) -> torch.utils.data.DataLoader:
+        """`loader` (its batch sampler over global batches), yielding this rank's slice of each batch."""
+        return torch.utils.data.DataLoader(
+            loader.dataset, batch_sampler=RankSlice(loader.batch_sampler, self.dist.rank, self.dist.world_size),
+            num_workers=loader.num_workers, generator=loader.generator,
+            persistent_workers=loader.persistent_workers, collate_fn=loader.collate_fn)
+
+    def before_backward(self, local_count: int) -> None:
+        """This step's share n_r / N (the last, smaller global batch too)."""
+        counts = self.dist.all_reduce_sum(torch.tensor([float(local_count)], dtype=torch.float64))
+        self.share = local_count / float(counts[0])
+        if self.weighting is not None:
+            self.weighting.share = self.share
+
+    def after_backward(self) -> None:
+        """Average the gradients of loss-based weightings (gradient-based ones combined them already)."""
+        if self.weighting is not None and getattr(self.weighting, "uses_gradients", False):
+            return
+        params = list(self.model.parameters()) + (list(self.weighting.parameters()) if self.weighting is not None else [])
+        reduce_gradients(self.dist, params, self.share)
+
+    def epoch_losses(self, loss_sum: torch.Tensor, steps: int) -> tuple[torch.Tensor, int]:
+        """The epoch's summed per-step losses over all ranks (slices of equal size weigh equally)."""
+        return self.dist.all_reduce_sum(loss_sum) / self.dist.world_size, steps
+
+    def record(self) -> dict:
+        """What the history (metrics.json) and a manifest record about the parallel run."""
+        world = self.dist.world_size
+        gradient = self.weighting is not None and getattr(self.weighting, "uses_gradients", False)
+        return {"world_size": world, "backend": self.dist.backend, "global_batch": self.global_batch,
+                "per_rank_batch": self.global_batch / world if self.global_batch % world else self.global_batch // world,
+                "bn_sync": self.bn_sync,
+                "weighting_sync": "global Gramian (reduce-scattered Jacobian)" if gradient else "gradient average"}
+
+
+def broadcast_module(dist, module: torch.nn.Module) -> None:
+    """Rank 0's parameters and buffers on every rank."""
+    with torch.no_grad():
+        for tensor in list(module.parameters()) + list(module.buffers()):
+            tensor.copy_(dist.broadcast(tensor))
+
+
+def reduce_gradients(dist, params, share: float) -> None:
+    """.grad ← Σ_r share_r · .grad_r over ranks (one flat all-reduce); the same .grad on every rank."""
+    if dist is None or not dist.distributed:
+        return
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        return
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params]) * share
+    flat = dist.all_reduce_sum(flat)
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad = flat[offset: offset + n].view_as(p).clone()
+        offset += n

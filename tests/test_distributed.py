@@ -1,0 +1,175 @@
+"""Two processes (gloo, spawned, FileStore) do what one process does: the same weights and steps of the
+gradient-based weightings on the concatenated batch, the same protected shard bytes, and a killed rank
+resumes. Results come back through files."""
+
+import hashlib
+import os
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mtlue.data import open_source
+from mtlue.distributed import DistContext, run_local_group
+from mtlue.distributed_training import DataParallel
+from mtlue.models.generator import build_generator, save_generator
+from mtlue.protect import build_method, protect_config
+from mtlue.protect.driver import protect_source
+from mtlue.weighting import build_weighting
+
+CPU = torch.device("cpu")
+WEIGHTINGS = ("aligned_mtl", "fairgrad", "pcgrad", "mgda", "ew", "uw", "rlw")
+SPEC = "shapes:n=160,size=16,seed=2"
+
+
+class ToyMTL(nn.Module):
+    """A shared MLP and K linear heads, no BatchNorm (per-rank statistics would differ from one process)."""
+
+    def __init__(self, tasks: int = 3):
+        super().__init__()
+        self.shared = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 5), nn.Tanh())
+        self.heads = nn.ModuleList(nn.Linear(5, 1) for _ in range(tasks))
+
+    def features(self, x):
+        return self.shared(x)
+
+    def heads_forward(self, rep):
+        return [head(rep) for head in self.heads]
+
+    def shared_parameters(self):
+        return self.shared.parameters()
+
+    def task_parameters(self):
+        return self.heads.parameters()
+
+
+def weighting_steps(dist: DistContext, out_dir: str, steps: int = 3, batch: int = 32) -> None:
+    """Every weighting for `steps` SGD steps on global batches of `batch`; rank r trains on its slice."""
+    dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        _weighting_steps(dist, out_dir, steps, batch)
+    finally:
+        torch.set_default_dtype(dtype)
+
+
+def _weighting_steps(dist, out_dir, steps, batch):
+    data = torch.Generator().manual_seed(0)
+    x, y = torch.randn(steps, batch, 6, generator=data), torch.randn(steps, batch, 3, generator=data)
+    lo, hi = batch * dist.rank // dist.world_size, batch * (dist.rank + 1) // dist.world_size
+    for name in WEIGHTINGS:
+        torch.manual_seed(1)
+        model = ToyMTL()
+        weighting = build_weighting(name, 3, generator=torch.Generator().manual_seed(5), dist=dist)
+        parallel = DataParallel.of(dist, model, weighting, batch)
+        optimiser = torch.optim.SGD(list(model.parameters()) + list(weighting.parameters()), lr=0.1)
+        alphas = []
+        for step in range(steps):
+            optimiser.zero_grad(set_to_none=True)
+            rep = model.features(x[step, lo:hi])
+            outputs = model.heads_forward(rep)
+            losses = torch.stack([((out[:, 0] - y[step, lo:hi, k]) ** 2).mean() for k, out in enumerate(outputs)])
+            if parallel is not None:
+                parallel.before_backward(hi - lo)
+            alphas.append(weighting.backward(losses, model, rep))
+            if parallel is not None:
+                parallel.after_backward()
+            optimiser.step()
+        params = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+        torch.save({"alphas": torch.stack(alphas), "params": params},
+                   os.path.join(out_dir, f"{name}-w{dist.world_size}-r{dist.rank}.pt"))
+
+
+def test_two_processes_compute_the_global_weighting_of_the_concatenated_batch(tmp_path):
+    weighting_steps(DistContext.single(CPU), str(tmp_path))
+    run_local_group(weighting_steps, 2, tmp_path, str(tmp_path))
+    for name in WEIGHTINGS:
+        one = torch.load(tmp_path / f"{name}-w1-r0.pt")
+        for rank in (0, 1):
+            two = torch.load(tmp_path / f"{name}-w2-r{rank}.pt")
+            torch.testing.assert_close(two["alphas"], one["alphas"], atol=1e-10, rtol=0, msg=name)
+            torch.testing.assert_close(two["params"], one["params"], atol=1e-10, rtol=0, msg=name)
+
+
+def test_per_rank_weighting_is_not_the_global_method(tmp_path):
+    """The regression guard the exact path exists for: aligned_mtl on each rank's half, averaged, differs."""
+    torch.manual_seed(0)
+    grads = [torch.randn(3, 20, dtype=torch.float64) for _ in range(2)]
+    weighting = build_weighting("aligned_mtl", 3)
+    mean = (grads[0] + grads[1]) / 2
+    global_update = weighting._alpha(mean, torch.ones(3)) @ mean
+    local_update = sum(weighting._alpha(g, torch.ones(3)) @ g for g in grads) / 2
+    assert (global_update - local_update).abs().max() > 1e-3
+
+
+# ---- sharded protection --------------------------------------------------------------------------
+
+
+def _config(generator_path: str):
+    return protect_config({"method": "mtlue", "generator_path": generator_path, "batch_size": 16, "seed": 0},
+                          explicit={"generator_path"})
+
+
+class CrashingMethod:
+    """The real method; rank `rank` exits hard (no cleanup, as a SIGKILL) at its `after`-th δ batch."""
+
+    def __init__(self, method, rank: int, after: int, dist):
+        self.method, self.rank, self.after, self.dist, self.calls = method, rank, after, dist, 0
+
+    def __getattr__(self, name):
+        return getattr(self.method, name)
+
+    def perturb(self, batch, device):
+        self.calls += 1
+        if self.dist.rank == self.rank and self.calls == self.after:
+            os._exit(3)
+        return self.method.perturb(batch, device)
+
+
+def protect_ranks(dist: DistContext, store: str, generator_path: str, crash_after: int = 0) -> None:
+    config = _config(generator_path)
+    method = build_method(config)
+    if crash_after:
+        method = CrashingMethod(method, rank=1, after=crash_after, dist=dist)
+    protect_source(open_source(SPEC), store, config, CPU, progress=False, shard_size=32, method=method, dist=dist)
+
+
+def shard_digests(store) -> dict:
+    folder = os.path.join(store, "train")
+    return {name: hashlib.sha256(open(os.path.join(folder, name), "rb").read()).hexdigest()
+            for name in sorted(os.listdir(folder)) if name.endswith(".h5")}
+
+
+@pytest.fixture(scope="module")
+def generator_path(tmp_path_factory):
+    source = open_source(SPEC)
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("generator") / "generator.pt"
+    save_generator(build_generator(source.tasks, source.image_shape, 8 / 255, "cifar", width=8), path)
+    return str(path)
+
+
+def test_two_ranks_write_the_shards_one_process_writes_and_a_killed_rank_resumes(tmp_path, generator_path):
+    one = str(tmp_path / "one")
+    protect_source(open_source(SPEC), one, _config(generator_path), CPU, progress=False, shard_size=32)
+    expected = shard_digests(one)
+    assert len(expected) == 5
+
+    two = str(tmp_path / "two")
+    run_local_group(protect_ranks, 2, tmp_path, two, generator_path)
+    assert shard_digests(two) == expected
+    manifest = open(os.path.join(two, "manifest.json")).read()
+    assert '"world_size": 2' in manifest and "shard_id % world_size" in manifest
+
+    killed = str(tmp_path / "killed")
+    with pytest.raises(Exception):  # rank 1 dies in its second shard (2 batches of 16 per shard)
+        run_local_group(protect_ranks, 2, tmp_path, killed, generator_path, 3)
+    assert not os.path.exists(os.path.join(killed, "manifest.json"))
+    finished = os.path.join(killed, "train", "shard-00001-of-00005.h5")
+    assert os.path.isfile(finished + ".sha256")
+    before = os.stat(finished).st_mtime_ns
+    run_local_group(protect_ranks, 2, tmp_path, killed, generator_path)  # the resume is the same command
+    assert shard_digests(killed) == expected
+    assert os.stat(finished).st_mtime_ns == before  # rank 1's finished shard was kept, not rewritten
+    assert np.all([name.endswith((".h5", ".sha256")) for name in os.listdir(os.path.join(killed, "train"))])
