@@ -154,10 +154,10 @@ def inspect_store(store, verify):
     for split, s in info["splits"].items():
         click.echo(f"{split:<10}{s['samples']:>10}{s['shards']:>8}{s['bytes'] / 2**20:>10.1f}")
     click.echo("")
-    click.echo(f"{'task':<18}{'kind':<12}{'split':<8}{'labelled':>9}  balance")
+    click.echo(f"{'task':<18}{'kind':<14}{'split':<8}{'labelled':>9}  balance")
     for task in info["tasks"]:
         if not task["balance"]:
-            click.echo(f"{task['name']:<18}{task['kind']:<12}{'-':<8}{'-':>9}  (dense map, not summarised)")
+            click.echo(f"{task['name']:<18}{task['kind']:<14}{'-':<8}{'-':>9}  (dense map, not summarised)")
         for split, b in task["balance"].items():
             if "fractions" in b:
                 balance = " ".join(f"{k}:{f:.2f}" for k, f in enumerate(b["fractions"]))
@@ -165,7 +165,7 @@ def inspect_store(store, verify):
                 balance = f"mean {b['mean']:.3g} std {b['std']:.3g}"
             else:
                 balance = "-"
-            click.echo(f"{task['name']:<18}{task['kind']:<12}{split:<8}{b['labelled']:>9.0%}  {balance}")
+            click.echo(f"{task['name']:<18}{task['kind']:<14}{split:<8}{b['labelled']:>9.0%}  {balance}")
     if summary is not None:
         shards = sum(s["shards"] for s in summary["splits"].values())
         click.echo(f"\nverified     {shards} shards OK ({', '.join(summary['checks'])})")

@@ -12,6 +12,14 @@ accuracy: 1/C (0.5 for binary); AUC: 0.5; MAE: predicting the train mean.
 Which metric judges a task follows its kind (`primary_metric`): binary tasks balanced accuracy (or
 AUC), never plain accuracy, so an imbalanced attribute cannot look learned by predicting its
 majority class; multiclass accuracy; regression MAE.
+
+Dense tasks (`DenseMetrics`, aggregated over every valid pixel of the split as LibMTL does, never as a
+mean of batch means): segmentation mIoU and pixel accuracy from one confusion matrix (mIoU averages the
+classes that occur in the labels or the predictions: LibMTL's plain mean gives NaN for a class absent
+from both); depth abs and rel error, the per-pixel mean; normals the mean and median angle (degrees)
+and the fractions of pixels strictly under 11.25°, 22.5° and 30°. They are judged on mIoU, abs error
+and mean angle. Chance (`DenseChance`) is the image-blind predictor fitted on the train labels: the
+per-pixel majority class, the train-mean depth, the mean train normal, scored like a victim.
 """
 
 from __future__ import annotations
@@ -19,11 +27,19 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 
 from mtlue.data.base import TaskSpec
 from mtlue.errors import ConfigError
 
-HIGHER_IS_BETTER = {"accuracy": True, "balanced_accuracy": True, "auc": True, "mae": False}
+HIGHER_IS_BETTER = {"accuracy": True, "balanced_accuracy": True, "auc": True, "mae": False,
+                    "miou": True, "pixel_accuracy": True, "abs_err": False, "rel_err": False,
+                    "mean_angle": False, "median_angle": False, "within_11.25": True, "within_22.5": True,
+                    "within_30": True}
+DENSE_METRICS = {"segmentation": ("miou", "pixel_accuracy"), "depth": ("abs_err", "rel_err"),
+                 "normal": ("mean_angle", "median_angle", "within_11.25", "within_22.5", "within_30")}
+ANGLE_THRESHOLDS = (11.25, 22.5, 30.0)
+ANGLE_BINS = 18000  # median angle from a 0.01° histogram: exact to 0.01° without keeping every pixel
 BINARY_METRICS = ("balanced_accuracy", "auc")
 
 
@@ -38,6 +54,8 @@ def primary_metric(task: TaskSpec, binary_metric: str = "balanced_accuracy") -> 
     """The metric that judges a task: `binary_metric` for binary, accuracy for multiclass, MAE for regression."""
     if task.kind == "binary":
         return check_binary_metric(binary_metric)
+    if task.is_dense:
+        return DENSE_METRICS[task.kind][0]
     return "accuracy" if task.is_classification else "mae"
 
 
@@ -84,7 +102,9 @@ def majority_floor(task: TaskSpec, train_labels: np.ndarray, test_labels: np.nda
 
 
 def task_metric_names(task: TaskSpec) -> tuple:
-    """Every metric `task_metrics` computes for a task of this kind."""
+    """Every metric `task_metrics` (or `DenseMetrics`) computes for a task of this kind."""
+    if task.is_dense:
+        return DENSE_METRICS[task.kind]
     if not task.is_classification:
         return ("mae",)
     return ("accuracy", "balanced_accuracy", "auc") if task.kind == "binary" else ("accuracy", "balanced_accuracy")
@@ -108,12 +128,129 @@ def best_value(values, metric: str) -> float:
     return max(values) if HIGHER_IS_BETTER[metric] else min(values)
 
 
-def delta_m(metrics: dict, reference: dict, metric_names: dict) -> float:
-    """Δm (LibMTL style): mean over tasks of ±(M_k − M_ref,k)/M_ref,k, + when higher is better; in %."""
+def delta_m(metrics: dict, reference: dict, metric_names: dict | None = None) -> float:
+    """Δm (LibMTL's count_improvement, Δp_task): mean over tasks of the task's mean over its metrics of
+    ±(M − M_ref)/M_ref, + when higher is better; in %. `metrics`/`reference` are {task: value} with
+    `metric_names` {task: metric}, or {task: {metric: value}} (every metric of each task)."""
     terms = []
-    for task, value in metrics.items():
-        ref = reference[task]
-        sign = 1.0 if HIGHER_IS_BETTER[metric_names[task]] else -1.0
-        if ref and not math.isnan(ref) and not math.isnan(value):
-            terms.append(sign * (value - ref) / ref)
+    for task, values in metrics.items():
+        if not isinstance(values, dict):
+            values, refs = {metric_names[task]: values}, {metric_names[task]: reference[task]}
+        else:
+            refs = reference[task]
+        task_terms = []
+        for metric, value in values.items():
+            ref = refs.get(metric)
+            sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
+            if ref and value is not None and not math.isnan(ref) and not math.isnan(value):
+                task_terms.append(sign * (value - ref) / ref)
+        if task_terms:
+            terms.append(float(np.mean(task_terms)))
     return 100.0 * float(np.mean(terms)) if terms else math.nan
+
+
+class DenseMetrics:
+    """Streaming test metrics of one dense task over a split (module docstring); any device.
+
+    `add(output, target, present)` takes a batch of model outputs and labels in the tensor layout
+    (`mtlue.data.base.label_tensor`) and the per-sample label-present mask (B,); `values()` gives
+    {metric: float} (nan when no pixel was valid)."""
+
+    def __init__(self, task: TaskSpec):
+        if not task.is_dense:
+            raise ValueError(f"task {task.name!r}: kind {task.kind!r} is not dense")
+        self.task = task
+        self.totals = None  # float64 sums, allocated on the first batch's device
+
+    def add(self, output: torch.Tensor, target: torch.Tensor, present: torch.Tensor | None = None) -> None:
+        from mtlue.data.dense import valid_pixels
+
+        task, output = self.task, output.detach()
+        valid = valid_pixels(task, target)
+        if present is not None:
+            valid = valid & present.reshape(-1, 1, 1).bool()
+        if task.kind == "segmentation":
+            classes = task.num_classes
+            cells = target[valid].long() * classes + output.argmax(1)[valid]
+            batch = torch.bincount(cells, minlength=classes * classes).double()
+        elif task.kind == "depth":
+            gt, error = target[:, 0][valid].double(), (output[:, 0][valid].double() - target[:, 0][valid].double()).abs()
+            batch = torch.stack([error.sum(), (error / gt).sum(), torch.tensor(float(len(gt)), device=gt.device,
+                                                                                 dtype=torch.float64)])
+        else:
+            unit = torch.nn.functional.normalize(output.double(), dim=1, eps=1e-12)
+            cosine = (unit * target.double()).sum(1)[valid].clamp(-1.0, 1.0)
+            angle = torch.rad2deg(torch.acos(cosine))
+            under = [(angle < limit).sum().double() for limit in ANGLE_THRESHOLDS]
+            counts = torch.stack([angle.sum(), torch.tensor(float(len(angle)), dtype=torch.float64, device=angle.device),
+                                  *under])
+            batch = torch.cat([counts, torch.histc(angle, bins=ANGLE_BINS, min=0.0, max=180.0)])
+        self.totals = batch if self.totals is None else self.totals + batch
+
+    def values(self) -> dict:
+        names = DENSE_METRICS[self.task.kind]
+        if self.totals is None:
+            return {name: math.nan for name in names}
+        totals = self.totals.cpu().numpy()
+        if self.task.kind == "segmentation":
+            matrix = totals.reshape(self.task.num_classes, self.task.num_classes)  # rows: label, columns: prediction
+            hits, union = np.diag(matrix), matrix.sum(0) + matrix.sum(1) - np.diag(matrix)
+            total = matrix.sum()
+            seen = union > 0
+            return {"miou": float(np.mean(hits[seen] / union[seen])) if seen.any() else math.nan,
+                    "pixel_accuracy": float(hits.sum() / total) if total else math.nan}
+        if self.task.kind == "depth":
+            error, relative, count = totals
+            return {"abs_err": float(error / count) if count else math.nan,
+                    "rel_err": float(relative / count) if count else math.nan}
+        angle_sum, count, *rest = totals
+        if not count:
+            return {name: math.nan for name in names}
+        under, histogram = rest[:len(ANGLE_THRESHOLDS)], np.asarray(rest[len(ANGLE_THRESHOLDS):])
+        return {"mean_angle": float(angle_sum / count), "median_angle": histogram_median(histogram, count, 180.0),
+                **{f"within_{limit:g}": float(n / count) for limit, n in zip(ANGLE_THRESHOLDS, under)}}
+
+
+def histogram_median(histogram: np.ndarray, count: float, high: float) -> float:
+    """The median of values binned in `histogram` over [0, high), interpolated within its bin."""
+    width = high / len(histogram)
+    cumulative = np.cumsum(histogram)
+    k = int(np.searchsorted(cumulative, count / 2.0))
+    before = cumulative[k - 1] if k else 0.0
+    return float((k + (count / 2.0 - before) / max(histogram[k], 1.0)) * width)
+
+
+class DenseChance:
+    """The image-blind predictor of a dense task, fitted on train labels: the per-pixel majority class,
+    the mean depth, or the mean normal over every valid train pixel; `output(target)` is its prediction
+    for a batch, shaped as a model output."""
+
+    def __init__(self, task: TaskSpec):
+        self.task = task
+        self.sums = None
+
+    def add(self, target: torch.Tensor, present: torch.Tensor | None = None) -> None:
+        from mtlue.data.dense import valid_pixels
+
+        valid = valid_pixels(self.task, target)
+        if present is not None:
+            valid = valid & present.reshape(-1, 1, 1).bool()
+        if self.task.kind == "segmentation":
+            batch = torch.bincount(target[valid].long(), minlength=self.task.num_classes).double()
+        else:
+            values = target.movedim(1, -1)[valid].double()  # (pixels, channels)
+            batch = torch.cat([values.sum(0), torch.tensor([float(len(values))], dtype=torch.float64, device=values.device)])
+        self.sums = batch.cpu() if self.sums is None else self.sums + batch.cpu()
+
+    def constant(self) -> torch.Tensor:
+        """The per-pixel prediction (C,): one-hot majority logits, the mean depth, or the mean normal."""
+        if self.sums is None:
+            raise ValueError(f"task {self.task.name!r}: no train labels seen")
+        if self.task.kind == "segmentation":
+            return torch.nn.functional.one_hot(self.sums.argmax(), self.task.num_classes).float()
+        return (self.sums[:-1] / self.sums[-1].clamp_min(1.0)).float()
+
+    def output(self, target: torch.Tensor) -> torch.Tensor:
+        height, width = target.shape[-2:]
+        value = self.constant().to(target.device)
+        return value.reshape(1, -1, 1, 1).expand(len(target), -1, height, width)

@@ -16,11 +16,12 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from mtlue.data.base import item_tensors
+from mtlue.data.base import item_tensors, label_tensor
 from mtlue.distributed_training import DataParallel
 from mtlue.errors import ConfigError
 from mtlue.jsonio import write_json
-from mtlue.metrics import best_value, chance_values, check_binary_metric, nanmean, primary_metric, task_metrics
+from mtlue.metrics import (DenseChance, DenseMetrics, best_value, chance_values, check_binary_metric, nanmean,
+                           primary_metric, task_metrics)
 from mtlue.models.losses import predictions, task_losses
 from mtlue.models.mtl import build_model, save_checkpoint
 from mtlue.runtime import seed_everything
@@ -104,25 +105,43 @@ def build_schedule(config: TrainConfig, optimizer) -> torch.optim.lr_scheduler.L
 
 
 def evaluate(model, loader, tasks, device) -> tuple[dict, dict]:
-    """Test metrics per task -> ({task: {metric: value}}, {task: (labels, masks)})."""
+    """Test metrics per task -> ({task: {metric: value}}, {task: (labels, masks)}); dense tasks are
+    aggregated over every valid pixel of the split (`DenseMetrics`) and have no label arrays."""
     model.eval()
-    preds, scores, labels, masks = ({t.name: [] for t in tasks} for _ in range(4))
+    preds, scores, labels, masks = ({t.name: [] for t in tasks if not t.is_dense} for _ in range(4))
+    dense = {t.name: DenseMetrics(t) for t in tasks if t.is_dense}
     with torch.no_grad():
         for batch in loader:
             images, batch_labels, batch_masks = item_tensors(batch, device)
             outputs = model(images)
             for t in tasks:
+                if t.is_dense:
+                    dense[t.name].add(outputs[t.name], batch_labels[t.name], batch_masks[t.name])
+                    continue
                 preds[t.name].append(predictions(t, outputs[t.name]).cpu().numpy())
                 scores[t.name].append(outputs[t.name].float().cpu().numpy())
                 labels[t.name].append(batch_labels[t.name].cpu().numpy())
                 masks[t.name].append(batch_masks[t.name].cpu().numpy())
-    results, label_arrays = {}, {}
+    results, label_arrays = {name: meter.values() for name, meter in dense.items()}, {}
     for t in tasks:
+        if t.is_dense:
+            continue
         y, m = np.concatenate(labels[t.name]), np.concatenate(masks[t.name]).astype(bool)
         s = np.concatenate(scores[t.name]) if t.kind == "binary" else None
         results[t.name] = task_metrics(t, y, np.concatenate(preds[t.name]), s, m)
         label_arrays[t.name] = (y, m)
     return results, label_arrays
+
+
+def dense_chance_values(fits: dict, loader, device) -> dict:
+    """{task: {metric: value}}: each dense task's image-blind predictor (`DenseChance`) scored on `loader`."""
+    meters = {name: DenseMetrics(fit.task) for name, fit in fits.items()}
+    if meters:
+        for batch in loader:
+            _, labels, masks = item_tensors(batch, device)
+            for name, fit in fits.items():
+                meters[name].add(fit.output(labels[name]), labels[name], masks[name])
+    return {name: meter.values() for name, meter in meters.items()}
 
 
 def _defended_losses(tasks, outputs, targets: list, masks) -> torch.Tensor:
@@ -172,7 +191,11 @@ def train_model(config: TrainConfig, train_data, test_data, tasks, device, out_d
         out_dir = out_dir if dist.is_main else None
     test_loader = torch.utils.data.DataLoader(test_set, batch_size=max(config.batch_size, 256), shuffle=False, num_workers=config.num_workers)
     metric_names = {t.name: primary_metric(t, config.binary_metric) for t in tasks}
-    collected = {t.name: ([], []) for t in tasks} if floor_labels is None else None
+    collected = {t.name: ([], []) for t in tasks if not t.is_dense} if floor_labels is None else None
+    chance_fits = {t.name: DenseChance(t) for t in tasks if t.is_dense}  # dense chance: streamed, no label arrays
+    for name, fit in chance_fits.items():
+        if floor_labels is not None:
+            fit.add(label_tensor(floor_labels[name][0]), torch.as_tensor(floor_labels[name][1]))
     history = {"config": asdict(config), "tasks": [t.to_json() for t in tasks], "metric": metric_names, "epochs": []}
     if data_parallel is not None:
         history["distributed"] = data_parallel.record()
@@ -184,7 +207,11 @@ def train_model(config: TrainConfig, train_data, test_data, tasks, device, out_d
         for batch in bar:
             images, labels, masks = item_tensors(batch, device)
             if collected is not None and epoch == 1:
+                for name, fit in chance_fits.items():
+                    fit.add(labels[name], masks[name])
                 for t in tasks:
+                    if t.is_dense:
+                        continue
                     collected[t.name][0].append(batch["labels"][t.name].numpy())
                     collected[t.name][1].append(batch["masks"][t.name].numpy())
             targets = [(1.0, labels)]
@@ -229,7 +256,7 @@ def train_model(config: TrainConfig, train_data, test_data, tasks, device, out_d
         if out_dir is not None and config.checkpoint_every and epoch % config.checkpoint_every == 0:
             save_checkpoint(model, os.path.join(out_dir, "checkpoints", f"epoch_{epoch}.pt"), {"epoch": epoch, "config": asdict(config)})
     history["wall_seconds"] = time.perf_counter() - started
-    _summarise(history, tasks, metric_names, floor_labels, test_labels)
+    _summarise(history, tasks, metric_names, floor_labels, test_labels, dense_chance_values(chance_fits, test_loader, device))
     if out_dir is not None:
         os.makedirs(out_dir, exist_ok=True)
         save_checkpoint(model, os.path.join(out_dir, "model.pt"), {"epoch": config.epochs, "config": asdict(config)})
@@ -237,15 +264,19 @@ def train_model(config: TrainConfig, train_data, test_data, tasks, device, out_d
     return TrainResult(model=model, history=history)
 
 
-def _summarise(history: dict, tasks, metric_names: dict, floor_labels: dict, test_labels: dict) -> None:
-    """Add per-task chance of every metric, and floor (chance), peak (best over epochs) and last values
+def _summarise(history: dict, tasks, metric_names: dict, floor_labels: dict, test_labels: dict,
+               dense_chance: dict | None = None) -> None:
+    """Add per-task chance of every metric (dense tasks: `dense_chance`, from `dense_chance_values`), and floor (chance), peak (best over epochs) and last values
     of the summary metric with their task means."""
     chance, floor, peak, last = {}, {}, {}, {}
     for t in tasks:
         name = metric_names[t.name]
-        train_y, train_m = floor_labels[t.name]
-        test_y, test_m = test_labels[t.name]
-        chance[t.name] = chance_values(t, train_y, test_y, np.asarray(train_m, dtype=bool), test_m)
+        if t.is_dense:
+            chance[t.name] = dense_chance[t.name]
+        else:
+            train_y, train_m = floor_labels[t.name]
+            test_y, test_m = test_labels[t.name]
+            chance[t.name] = chance_values(t, train_y, test_y, np.asarray(train_m, dtype=bool), test_m)
         floor[t.name] = chance[t.name][name]
         values = [e["test"][t.name][name] for e in history["epochs"]]
         peak[t.name] = best_value(values, name)
