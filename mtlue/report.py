@@ -18,7 +18,8 @@ from mtlue.jsonio import write_json
 from mtlue.store.layout import write_text_atomic
 from mtlue.verdict import NO_DEFENSE, VerificationResult
 
-PERCENT_METRICS = ("accuracy", "balanced_accuracy", "auc")
+PERCENT_METRICS = ("accuracy", "balanced_accuracy", "auc", "miou", "pixel_accuracy", "within_11.25", "within_22.5",
+                   "within_30")
 
 
 @dataclass
