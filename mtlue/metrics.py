@@ -178,8 +178,10 @@ class DenseMetrics:
             batch = torch.stack([error.sum(), (error / gt).sum(), torch.tensor(float(len(gt)), device=gt.device,
                                                                                  dtype=torch.float64)])
         else:
+            # both normalised in float64: the angle between directions (a float32 unit label is 1 ± 1e-7 long,
+            # which alone reads as 0.02° against itself)
             unit = torch.nn.functional.normalize(output.double(), dim=1, eps=1e-12)
-            cosine = (unit * target.double()).sum(1)[valid].clamp(-1.0, 1.0)
+            cosine = (unit * torch.nn.functional.normalize(target.double(), dim=1, eps=1e-12)).sum(1)[valid].clamp(-1.0, 1.0)
             angle = torch.rad2deg(torch.acos(cosine))
             under = [(angle < limit).sum().double() for limit in ANGLE_THRESHOLDS]
             counts = torch.stack([angle.sum(), torch.tensor(float(len(angle)), dtype=torch.float64, device=angle.device),

@@ -184,6 +184,12 @@ def train_model(config: TrainConfig, train_data, test_data, tasks, device, out_d
     optimizer = build_optimizer(config, groups)
     scheduler = build_schedule(config, optimizer)
     augment = build_augmentation(config.augment, tasks, train_set[0]["image"].permute(1, 2, 0).shape).to(device)
+    moves_labels = config.augment != "none" and any(t.is_dense for t in tasks)
+    if moves_labels:  # a dense label is tied to pixels: one shift and flip for the image and its label maps
+        from mtlue.protect.dense_eot import LabelAwareEOT, dense_flips_allowed
+
+        augment = LabelAwareEOT("crop_flip" if dense_flips_allowed(tasks) else "crop",
+                                train_set[0]["image"].shape[1:], tasks)
     train_loader = torch.utils.data.DataLoader(train_set, batch_size=config.batch_size, shuffle=True, generator=generator, num_workers=config.num_workers, drop_last=len(train_set) > config.batch_size, persistent_workers=config.num_workers > 0)
     if data_parallel is not None:
         train_loader = data_parallel.loader(train_loader)
@@ -214,8 +220,11 @@ def train_model(config: TrainConfig, train_data, test_data, tasks, device, out_d
                         continue
                     collected[t.name][0].append(batch["labels"][t.name].numpy())
                     collected[t.name][1].append(batch["masks"][t.name].numpy())
+            if moves_labels:
+                images, labels = augment(images, labels)
+            else:
+                images = augment(images)
             targets = [(1.0, labels)]
-            images = augment(images)
             if defense is not None:
                 images, targets = defense(images, labels, masks, model)
             optimizer.zero_grad(set_to_none=True)

@@ -19,6 +19,7 @@ SOURCES = {
     "digits": "mtlue.data.digits:DigitsSource",
     "shapes": "mtlue.data.shapes:ShapesSource",
     "scenes": "mtlue.data.scenes:ScenesSource",
+    "nyuv2": "mtlue.data.nyuv2:NYUv2Source",
     "photos": "mtlue.data.photos:PhotosSource",
     "folder": "mtlue.data.folder:FolderSource",
     "celeba": "mtlue.data.celeba:CelebASource",
