@@ -10,9 +10,9 @@ the samples, their order and the number of optimiser steps are those of one proc
   shared per-step generator; DWA from all-reduced epoch losses).
 - Gradient-based weightings combine the ranks' Jacobians themselves (mtlue.weighting.base: the
   global Gramian and the combined gradient), so nothing is averaged here.
-- BatchNorm: SyncBatchNorm on CUDA (global-batch statistics, `bn_sync = "sync"`); on CPU torch has
-  no synchronised BatchNorm, so statistics are per rank (`per_rank`) and a model with BatchNorm
-  trains close to, not bit-equal with, one process. Recorded in the history and the manifest.
+- BatchNorm in train mode uses the global batch's statistics (`GlobalBatchNorm`, on CPU and CUDA;
+  torch's SyncBatchNorm runs on GPUs only and assumes equal slices), so a model with BatchNorm
+  trains as in one process too (`bn_sync = "global"`, recorded in the history and the manifest).
 """
 
 from __future__ import annotations
@@ -50,13 +50,7 @@ class DataParallel:
                               f"process ({dist.world_size} processes)")
         self.dist, self.model, self.weighting, self.global_batch = dist, model, weighting, int(global_batch)
         self.share = 1.0
-        if not has_batch_norm(model):
-            self.bn_sync = "none"
-        elif dist.device.type == "cuda":
-            torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # replaces the BatchNorm children in place
-            self.bn_sync = "sync"
-        else:
-            self.bn_sync = "per_rank"
+        self.bn_sync = "global" if use_global_batch_norm(model, self) else "none"
         broadcast_module(dist, model)  # the same start on every rank, whatever each initialised
         if weighting is not None:
             broadcast_module(dist, weighting)
@@ -124,3 +118,63 @@ def reduce_gradients(dist, params, share: float) -> None:
         n = p.numel()
         p.grad = flat[offset: offset + n].view_as(p).clone()
         offset += n
+
+
+class _GlobalBatchNormFunction(torch.autograd.Function):
+    """y = γ·(x − μ)/σ + β with μ, σ² of the global batch (Σ over ranks of Σx, Σx², n).
+
+    Backward: rank r's loss is its local mean, and the global loss is Σ_r share_r·L_r, so the global
+    ∂L/∂y on rank r is share_r·dy; the sums the BatchNorm gradient needs are all-reduced from those,
+    and dx is returned in rank r's local scale (÷ share_r) because the caller averages all gradients
+    with the same shares afterwards."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps, parallel, stats):
+        dims, shape = [0] + list(range(2, x.dim())), [1, -1] + [1] * (x.dim() - 2)
+        count = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype, device=x.device)
+        total = parallel.dist.all_reduce_sum(torch.cat([x.sum(dims), count]))
+        n = total[-1]
+        mean = total[:-1] / n
+        var = parallel.dist.all_reduce_sum(((x - mean.view(shape)) ** 2).sum(dims)) / n  # two passes: no cancellation
+        invstd = (var + eps).rsqrt()
+        xhat = (x - mean.view(shape)) * invstd.view(shape)
+        ctx.save_for_backward(xhat, invstd, weight)
+        ctx.parallel, ctx.n, ctx.dims, ctx.shape = parallel, n, dims, shape
+        stats.update(mean=mean, var=var, n=n)
+        return xhat * weight.view(shape) + bias.view(shape)
+
+    @staticmethod
+    def backward(ctx, dy):
+        xhat, invstd, weight = ctx.saved_tensors
+        share, dims, shape = float(ctx.parallel.share), ctx.dims, ctx.shape
+        local_db, local_dw = dy.sum(dims), (dy * xhat).sum(dims)
+        sums = ctx.parallel.dist.all_reduce_sum(torch.stack([local_db, local_dw]) * share)
+        mean_db, mean_dw = sums / ctx.n
+        dx = weight.view(shape) * invstd.view(shape) * (dy - (mean_db.view(shape) + xhat * mean_dw.view(shape)) / share)
+        return dx, local_dw, local_db, None, None, None
+
+
+def _global_batch_norm_forward(norm: torch.nn.modules.batchnorm._BatchNorm, parallel: "DataParallel", x):
+    """The BatchNorm layer `norm` with train-mode statistics of the global batch (else its own forward)."""
+    if not (norm.training and norm.affine and norm.track_running_stats):
+        return type(norm).forward(norm, x)
+    stats = {}
+    y = _GlobalBatchNormFunction.apply(x, norm.weight, norm.bias, norm.eps, parallel, stats)
+    with torch.no_grad():
+        mean, var, n = stats["mean"], stats["var"], float(stats["n"])
+        momentum = norm.momentum if norm.momentum is not None else 1.0 / float(norm.num_batches_tracked + 1)
+        norm.running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
+        norm.running_var.mul_(1 - momentum).add_(var * n / max(n - 1, 1.0), alpha=momentum)
+        norm.num_batches_tracked.add_(1)
+    return y
+
+
+def use_global_batch_norm(model: torch.nn.Module, parallel: "DataParallel") -> bool:
+    """Give every BatchNorm layer of `model` global-batch statistics (its forward, per instance: the
+    parameters, buffers and state-dict keys stay as they are); False when it has none."""
+    import functools
+
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for norm in norms:
+        norm.forward = functools.partial(_global_batch_norm_forward, norm, parallel)
+    return bool(norms)

@@ -29,8 +29,10 @@ class ProtectContext:
     """
 
     def __init__(self, source: Source, config: ProtectConfig, device: torch.device, work_dir: str | os.PathLike,
-                 progress: bool = True, on_iteration: Callable[[int], None] | None = None, split: str = "train"):
+                 progress: bool = True, on_iteration: Callable[[int], None] | None = None, split: str = "train",
+                 dist=None):
         self.source = source
+        self.dist = dist  # mtlue.distributed.DistContext under torchrun, else None
         self.tasks = tuple(source.tasks)
         self.config = config
         self.device = device
@@ -95,15 +97,26 @@ class ProtectContext:
         from mtlue.protect.surrogate import load_or_train_surrogate
 
         if self._surrogate is None:
-            self._surrogate, self._surrogate_info = load_or_train_surrogate(self)
+            self._surrogate, self._surrogate_info = self._rank0_first(lambda: load_or_train_surrogate(self))
         return self._surrogate
 
     def surrogate_ensemble(self) -> list:
         """The SEP ensemble: frozen checkpoints of one clean surrogate run (--surrogate DIR, or trained once)."""
         from mtlue.protect.surrogate import load_ensemble
 
-        models, self._surrogate_info = load_ensemble(self)
+        models, self._surrogate_info = self._rank0_first(lambda: load_ensemble(self))
         return models
+
+    def _rank0_first(self, make):
+        """`make()` on rank 0 first (it trains and caches in work_dir), then on the others (they load the cache)."""
+        if self.dist is None or not self.dist.distributed:
+            return make()
+        if not self.dist.is_main:
+            self.dist.barrier()
+        made = make()
+        if self.dist.is_main:
+            self.dist.barrier()
+        return made
 
     @property
     def surrogate_info(self) -> dict:

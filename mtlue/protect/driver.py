@@ -135,18 +135,21 @@ def _protect(source, store_dir: Path, config: ProtectConfig, device, work_dir: P
     from mtlue.store.writer import StoreWriter
 
     method = method if method is not None else build_method(config)
-    context = ProtectContext(source, config, device, work_dir, progress=progress, on_iteration=on_iteration)
-    if not dist.is_main:
+    context = ProtectContext(source, config, device, work_dir, progress=progress, on_iteration=on_iteration,
+                             dist=dist if dist.distributed else None)
+    together = getattr(method, "prepares_together", False)  # MTL-UE: every rank trains the generator
+    if not dist.is_main and not together:
         dist.barrier()  # rank 0 prepares first (trains and checkpoints); this rank then loads its result
     method.prepare(context)
-    if dist.is_main:
+    if dist.is_main and not together:
         dist.barrier()
     record = protection_record(config, method, context, dist)
 
     poisoned = poisoned_index_set(source, "train", config.poison_rate, config.seed)
     record["poisoned_indices"] = "all" if poisoned is None else poisoned.tolist()
     # the shards do not depend on the world size, so a run resumes under another one
-    run_key = {"record": {k: v for k, v in record.items() if k not in ("software", "surrogate", "distributed")},
+    run_key = {"record": {k: v for k, v in record.items() if k not in ("software", "surrogate", "distributed", "world_size",
+                                                                  "world_size_x_batch")},
                "shard_size": shard_size, "source": source.identity(), "count": source.size("train")}
     run_key = json.loads(json.dumps(run_key))
     resume = False
@@ -204,6 +207,7 @@ def protection_record(config: ProtectConfig, method, context: ProtectContext, di
     """The manifest's `protection` block (JSON-able): the shared settings, the method's own settings
     (`config` holds both, nothing of other methods) and what the method reports."""
     settings = config.settings
+    world = dist.world_size if dist is not None else 1
     record = {"method": config.method}
     if config.method == "mtlue":
         record["base"] = settings.base
@@ -216,9 +220,9 @@ def protection_record(config: ProtectConfig, method, context: ProtectContext, di
         "poison_rate": config.poison_rate,
         "protected_tasks": list(context.protected_tasks),
         "split": "train",
-        "world_size": 1,
+        "world_size": world,  # processes of this launch; the generator's own training: generator_distributed
         "batch_size": config.batch_size,
-        "world_size_x_batch": f"1 x {config.batch_size}",
+        "world_size_x_batch": f"{world} x {config.batch_size / world:g}",
     })
     if dist is not None and dist.distributed:
         record["distributed"] = {**dist.record(), "shard_owner": "shard_id % world_size"}

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from mtlue.data.base import Batch, batch_tensors, item_tensors
+from mtlue.distributed_training import DataParallel, broadcast_module
 from mtlue.errors import ConfigError
 from mtlue.models.generator import build_generator, load_generator, resolve_stem, save_generator
 from mtlue.models.mtl import atomic_torch_save, checkpoint_errors, load_torch_file
@@ -90,6 +91,7 @@ class MTLUEMethod(ProtectionMethod):
     """The MTL-UE generator method (`--method mtlue --base em|tap|sep`)."""
 
     name = "mtlue"
+    prepares_together = True  # under torchrun every rank trains the generator (exact data parallelism)
 
     def __init__(self, config):
         super().__init__(config)
@@ -98,6 +100,8 @@ class MTLUEMethod(ProtectionMethod):
         self.generator_sha256 = None
         self.stem = None  # "cifar" | "imagenet", resolved from --generator-stem and the source
         self.regulariser_scale = None  # surrogates the regulariser is added for (SEP: ensemble size)
+        self.parallel = None  # mtlue.distributed_training.DataParallel while training under torchrun
+        self.parallel_record = None  # its world size, global / per-rank batch, BatchNorm sync mode
         self.robust = None  # RobustEOT: the defenses drawn in the generator's loop (--robust), None without
 
     # -- preparation ------------------------------------------------------------------------
@@ -117,15 +121,19 @@ class MTLUEMethod(ProtectionMethod):
             self.stem = self.generator.stem
             self.history = meta.get("history", [])
             self.regulariser_scale = meta.get("regulariser_scale")
+            self.parallel_record = meta.get("distributed")
         else:
             saved, meta = load_generator(final_path, device) if final_path.is_file() else (None, {})
             if saved is not None and self._finished_with_these_settings(meta):
                 self.generator, self.history = saved, meta.get("history", [])
                 self.regulariser_scale = meta.get("regulariser_scale")
+                self.parallel_record = meta.get("distributed")
             else:
                 self._train(context)
-                save_generator(self.generator, final_path, {"history": self.history, "fingerprint": self._fingerprint(),
-                                                            "regulariser_scale": self.regulariser_scale})
+                if _is_main(context):  # the other ranks hold the same generator in memory
+                    save_generator(self.generator, final_path, {"history": self.history, "fingerprint": self._fingerprint(),
+                                                                "regulariser_scale": self.regulariser_scale,
+                                                                "distributed": self.parallel_record})
         self.generator.eval()
         self.generator_sha256 = weights_sha256(self.generator)
 
@@ -165,6 +173,8 @@ class MTLUEMethod(ProtectionMethod):
         generator = build_generator(context.tasks, context.source.image_shape, self.config.eps, self.stem,
                                     width=cfg.generator_width).to(device)
         generator.straight_through = cfg.clamp_gradient == "straight_through"
+        self.parallel = DataParallel.of(context.dist, generator, None, self.config.batch_size)
+        self.parallel_record = self.parallel.record() if self.parallel is not None else None
         optimiser = torch.optim.Adam(generator.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimiser, cfg.scaled_milestones(), cfg.gamma)
         surrogates, surrogate_optimiser = self._surrogates(context)
@@ -179,6 +189,7 @@ class MTLUEMethod(ProtectionMethod):
         if state_path.is_file():
             blob = load_torch_file(state_path, map_location=device)
             with checkpoint_errors(state_path):
+                check_global_batch(blob["fingerprint"], self._fingerprint(), state_path)
                 if blob["fingerprint"] == self._fingerprint():
                     generator.load_state_dict(blob["generator"])
                     optimiser.load_state_dict(blob["optimiser"])
@@ -195,6 +206,9 @@ class MTLUEMethod(ProtectionMethod):
             record = self._outer_iteration(iteration, generator, optimiser, surrogates, surrogate_optimiser, augment)
             scheduler.step()
             self.history.append(record)
+            if not _is_main(context):
+                context.iteration_done(iteration + 1)
+                continue
             atomic_torch_save({"fingerprint": self._fingerprint(), "iteration": iteration + 1,
                                "generator": generator.state_dict(), "optimiser": optimiser.state_dict(),
                                "scheduler": scheduler_state_for_file(scheduler),
@@ -226,6 +240,8 @@ class MTLUEMethod(ProtectionMethod):
         if self.robust is not None:
             self.robust.reseed(seed * 100003 + iteration + 31337)
         loader = context.train_loader(batch_size, shuffle=True, generator=order, num_samples=cfg.samples_per_epoch)
+        if self.parallel is not None:
+            loader = self.parallel.loader(loader)  # batch_size is the global batch; this rank's slice of each
         for model in surrogates:
             freeze(model)
         generator.train()
@@ -235,7 +251,11 @@ class MTLUEMethod(ProtectionMethod):
             x, labels, masks = item_tensors(items, device)
             loss, loss_b, tables = self._generator_objective(generator, x, labels, masks, surrogates, augment)
             optimiser.zero_grad(set_to_none=True)
+            if self.parallel is not None:
+                self.parallel.before_backward(len(x))
             loss.backward()
+            if self.parallel is not None:
+                self.parallel.after_backward()
             optimiser.step()
             totals["base_loss"] += float(loss_b.detach())
             with torch.no_grad():
@@ -243,8 +263,14 @@ class MTLUEMethod(ProtectionMethod):
                 totals["inter"] += float(inter_task_loss(tables))
             batches += 1
         record = {k: v / max(batches, 1) for k, v in totals.items()}
+        if self.parallel is not None:
+            record["base_loss"] = float(self.parallel.dist.all_reduce_sum(torch.tensor(record["base_loss"]))) / \
+                self.parallel.dist.world_size
         if surrogate_optimiser is not None:
+            # every rank runs EM's surrogate steps on the whole split (as one process), then takes rank 0's
             self._train_surrogate_steps(generator, surrogates[0], surrogate_optimiser, augment, iteration)
+            if self.parallel is not None:
+                broadcast_module(self.parallel.dist, surrogates[0])
             error = self._poisoned_error(generator, surrogates[0])
             record["poisoned_train_error"] = error
             record["stop"] = error <= cfg.stop_error
@@ -338,6 +364,7 @@ class MTLUEMethod(ProtectionMethod):
                 "surrogate_steps_per_iteration": self._surrogate_step_count() if cfg.base == "em" else None,
                 "clamp_inputs": cfg.clamp_inputs, "samples_per_epoch": cfg.samples_per_epoch,
                 "generator_width": cfg.generator_width, "generator_stem": self.stem,
+                "generator_distributed": self.parallel_record,
                 "regulariser_scale": self.regulariser_scale,
                 "effective_lambda_intra": None if self.regulariser_scale is None else cfg.lambda_intra * self.regulariser_scale,
                 "effective_lambda_inter": None if self.regulariser_scale is None else cfg.lambda_inter * self.regulariser_scale,
@@ -347,6 +374,20 @@ class MTLUEMethod(ProtectionMethod):
         if cfg.generator_path:
             info["generator_path"] = str(cfg.generator_path)
         return info
+
+
+def _is_main(context) -> bool:
+    return context.dist is None or context.dist.is_main
+
+
+def check_global_batch(saved: dict, current: dict, path) -> None:
+    """ConfigError when a saved generator state differs from this run only in its (global) batch size: a
+    restart under another world size keeps the recipe's global batch, never changes it silently."""
+    if saved.get("batch_size") != current.get("batch_size") and \
+            {**saved, "batch_size": None} == {**current, "batch_size": None}:
+        raise ConfigError(f"{path}: this generator state was trained with global batch {saved.get('batch_size')}, "
+                          f"not --batch-size {current.get('batch_size')}; keep the global batch when the world "
+                          "size changes (per-rank batch = global / world size), or pass another --work-dir")
 
 
 def scheduler_state_for_file(scheduler) -> dict:
