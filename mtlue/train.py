@@ -44,6 +44,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     milestones: tuple = (0.6, 0.8)  # fractions of `epochs` where the LR drops by `gamma`
     gamma: float = 0.1
+    step_size: int = 0  # > 0: the LR drops by `gamma` every `step_size` epochs (StepLR), not at `milestones`
     grad_clip: float = 5.0
     grad_space: str = "shared"  # "shared" (exact) | "representation"
     grad_method: str = "auto"  # how exact per-task gradients are computed (weighting/jacobian.py)
@@ -68,6 +69,8 @@ class TrainConfig:
             raise ConfigError(f"--batch-size {self.batch_size}: must be at least 1")
         if not self.lr > 0:
             raise ConfigError(f"--lr {self.lr}: must be positive")
+        if self.step_size < 0:
+            raise ConfigError(f"step_size {self.step_size}: must be >= 0 (0: drop the LR at `milestones`)")
         if self.stl and self.weighting != "ew":
             raise ConfigError(f"--stl trains one network per task; --weighting {self.weighting!r} has nothing to weigh (use ew)")
         for option, value, choices in (("--optimizer", self.optimizer, OPTIMIZERS), ("--schedule", self.schedule, SCHEDULES),
@@ -77,6 +80,10 @@ class TrainConfig:
         check_binary_metric(self.binary_metric)
 
     def milestone_epochs(self) -> list:
+        """Epochs after which the LR is multiplied by `gamma`: every `step_size` epochs (StepLR) when set,
+        else the `milestones` fractions of `epochs`."""
+        if self.step_size:
+            return list(range(self.step_size, self.epochs, self.step_size))
         return sorted({max(1, int(round(f * self.epochs))) for f in self.milestones})
 
 
@@ -131,6 +138,21 @@ def evaluate(model, loader, tasks, device) -> tuple[dict, dict]:
         results[t.name] = task_metrics(t, y, np.concatenate(preds[t.name]), s, m)
         label_arrays[t.name] = (y, m)
     return results, label_arrays
+
+
+def fit_dense_chance(train_set, tasks, floor_labels, num_workers: int, device) -> dict:
+    """{dense task: DenseChance} of the train labels: from `floor_labels` when given, else one pass over
+    the train split (labels are streamed, never held: a dense split's labels can be gigabytes)."""
+    fits = {t.name: DenseChance(t) for t in tasks if t.is_dense}
+    if fits and floor_labels is not None:
+        for name, fit in fits.items():
+            fit.add(label_tensor(floor_labels[name][0]), torch.as_tensor(floor_labels[name][1]))
+    elif fits:
+        for batch in torch.utils.data.DataLoader(train_set, batch_size=256, shuffle=False, num_workers=num_workers):
+            labels, masks = batch["labels"], batch["masks"]
+            for name, fit in fits.items():
+                fit.add(label_tensor(labels[name]).to(device), masks[name].to(device))
+    return fits
 
 
 def dense_chance_values(fits: dict, loader, device) -> dict:
@@ -198,10 +220,12 @@ def train_model(config: TrainConfig, train_data, test_data, tasks, device, out_d
     test_loader = torch.utils.data.DataLoader(test_set, batch_size=max(config.batch_size, 256), shuffle=False, num_workers=config.num_workers)
     metric_names = {t.name: primary_metric(t, config.binary_metric) for t in tasks}
     collected = {t.name: ([], []) for t in tasks if not t.is_dense} if floor_labels is None else None
-    chance_fits = {t.name: DenseChance(t) for t in tasks if t.is_dense}  # dense chance: streamed, no label arrays
-    for name, fit in chance_fits.items():
-        if floor_labels is not None:
-            fit.add(label_tensor(floor_labels[name][0]), torch.as_tensor(floor_labels[name][1]))
+    chance_fits = fit_dense_chance(train_set, tasks, floor_labels, config.num_workers, device)
+    if chance_fits:
+        from mtlue.models.dense import start_depth_heads
+
+        start_depth_heads(model, {name: float(fit.constant()[0]) for name, fit in chance_fits.items()
+                                  if fit.task.kind == "depth"})
     history = {"config": asdict(config), "tasks": [t.to_json() for t in tasks], "metric": metric_names, "epochs": []}
     if data_parallel is not None:
         history["distributed"] = data_parallel.record()
@@ -213,8 +237,6 @@ def train_model(config: TrainConfig, train_data, test_data, tasks, device, out_d
         for batch in bar:
             images, labels, masks = item_tensors(batch, device)
             if collected is not None and epoch == 1:
-                for name, fit in chance_fits.items():
-                    fit.add(labels[name], masks[name])
                 for t in tasks:
                     if t.is_dense:
                         continue

@@ -258,6 +258,7 @@ def test_a_short_training_run_learns_every_dense_task_beyond_chance():
     history = train_model(config, source, source, source.tasks, "cpu", progress=False).history
     assert history["last"]["segmentation"] > history["chance"]["segmentation"]["miou"] + 0.1
     assert history["last"]["normal"] < history["chance"]["normal"]["mean_angle"] - 10
+    assert history["last"]["depth"] < history["chance"]["depth"]["abs_err"]  # the head starts at the train mean
     assert set(history["chance"]["normal"]) == {"mean_angle", "median_angle", "within_11.25", "within_22.5", "within_30"}
 
 

@@ -139,3 +139,16 @@ class DenseMultiTaskNet(nn.Module):
 
     def task_parameters(self) -> list:
         return list(self.heads.parameters())
+
+
+def start_depth_heads(model: nn.Module, depths: dict) -> None:
+    """Set the output bias of each depth head ({task: metres}) to a depth, the train mean: "init well"
+    for a regression head. A zero-initialised L1 head trained with Adam moves about lr per step, so it
+    needs thousands of steps to reach metres (CPU budgets have hundreds); starting at the image-blind
+    predictor, what remains to learn is what the image tells."""
+    for net in getattr(model, "nets", [model]):  # STL: one net per task
+        for task, head in zip(net.tasks, net.heads):
+            if task.name in depths:
+                last = [m for m in head.modules() if isinstance(m, nn.Conv2d)][-1]
+                with torch.no_grad():
+                    last.bias.fill_(float(depths[task.name]))
