@@ -44,8 +44,9 @@ def reports_errors(func):
 def main():
     """mtlue: make a multi-task image dataset unlearnable (MTL-UE) and prove it.
 
-    SOURCE strings: digits · shapes[:n=…,size=…,seed=…] · folder:PATH · celeba:PATH ·
-    utkface:PATH · chestxray14:PATH · a path to an mtlue store · a path to a release
+    SOURCE strings: digits · shapes[:n=…,size=…,seed=…] · scenes[:n=…,size=…,seed=…,mixed=…] ·
+    folder:PATH · celeba:PATH · utkface:PATH · chestxray14:PATH · nyuv2:PATH · a path to an
+    mtlue store · a path to a release
     (written by `mtlue release`).
     """
 
