@@ -37,7 +37,7 @@ GENERATOR_FILE = "generator.pt"
 LOOP_RULES = {"regulariser": "once per surrogate (SEP: per ensemble member)", "em_surrogate": EM_SURROGATE_RULES}
 # ... and what datasets with dense tasks add (their resume keys only)
 DENSE_RULES = {"embedding": "label-map module, no regulariser", "eot": "label-aware (dense_eot)",
-               "stop_error": DENSE_ERROR_RULES}
+               "stop_error": DENSE_ERROR_RULES, "surrogate_depth_heads": "start at the train-mean depth"}
 REGULARISER_NOTE = ("λ_intra·L_intra + λ_inter·L_inter is added to the base loss of each of the regulariser_scale "
                     "surrogates (SEP: its checkpoints, as the reference backpropagates it with every checkpoint), "
                     "so the effective weights are regulariser_scale × λ")
