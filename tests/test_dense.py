@@ -341,3 +341,27 @@ def test_a_bad_nyuv2_layout_is_one_line_naming_the_file(tmp_path, how, message):
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.output
     assert not os.path.exists(tmp_path / "store")
+
+
+def test_an_nyuv2_layout_is_protected_and_verified(tmp_path):
+    import json
+
+    root = make_nyuv2(tmp_path / "nyuv2")
+    store = tmp_path / "P"
+    runner = CliRunner()
+    result = runner.invoke(cli.main, ["protect", f"nyuv2:{root}", str(store), "--method", "mtlue", "--base", "em",
+                                      "--epochs", "1", "--batch-size", "4", "--generator-width", "8",
+                                      "--surrogate-backbone", "small_cnn", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert runner.invoke(cli.main, ["inspect", str(store), "--verify"]).exit_code == 0
+    source, protected = open_source(f"nyuv2:{root}"), open_source(str(store))
+    before, after = next(source.batches("train", 8)), next(protected.batches("train", 8))
+    assert 0 < np.abs(after.images.astype(int) - before.images.astype(int)).max() <= 8
+    assert all(np.array_equal(after.labels[k], before.labels[k]) for k in before.labels)
+    result = runner.invoke(cli.main, ["verify", str(store), "--clean", f"nyuv2:{root}", "--profile", "plain",
+                                      "--weightings", "ew", "--seeds", "0", "--defenses", "none", "--backbone",
+                                      "small_cnn", "--epochs", "1", "--batch-size", "2", "--jobs", "1", "--quiet",
+                                      "--out", str(tmp_path / "report")])
+    assert result.exit_code in (0, 3, 4), result.output  # PASS / FAIL / INCONCLUSIVE: 1 epoch on 4 images
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert "mean_angle" in json.dumps(report) and "miou" in json.dumps(report)
