@@ -242,3 +242,23 @@ def test_mixed_dense_and_classification_protect(tmp_path):
     assert list(generator.embedding_tables()) == ["objects"] and len(generator.label_maps) == 3
     history = torch.load(tmp_path / "P.work" / "generator.pt", weights_only=True)["meta"]["history"]
     assert history[-1]["intra"] > 0.0  # the classification task keeps its regulariser
+
+
+def test_attack_report_gives_dense_metrics_and_their_relative_change():
+    from mtlue.attacks import build_attack
+    from mtlue.attacks.evaluate import evaluate_attack, format_report
+    from mtlue.data import open_source
+
+    source = open_source("scenes:n=16,size=16,seed=1")
+    model = PixelwiseModel(source.tasks).eval()
+    none = evaluate_attack(model, source, build_attack("pgd", model, eps=0.0, alpha=0.0, steps=1, objective="total"), limit=8)
+    rows = none["tasks"]
+    assert [rows[t]["metric"] for t in ("segmentation", "depth", "normal")] == ["miou", "abs_err", "mean_angle"]
+    assert rows["depth"]["higher_is_better"] is False and rows["segmentation"]["higher_is_better"] is True
+    assert set(rows["normal"]["metrics"]) == {"mean_angle", "median_angle", "within_11.25", "within_22.5", "within_30"}
+    assert all(row["relative_change"] == 0 for row in rows.values())  # ε = 0: nothing changes
+    attacked = evaluate_attack(model, source, build_attack("pgd", model, eps=8 / 255, alpha=2 / 255, steps=3,
+                                                            objective="dgba"), limit=8)
+    assert attacked["average_relative_change"] < 0  # degradation is negative, whichever way "better" points
+    assert attacked["tasks"]["depth"]["metrics"]["abs_err"]["relative_change"] < 0
+    assert "mean_angle" in format_report(attacked)
