@@ -660,8 +660,9 @@ def verify(store, clean_spec, profiles, weightings, stl, seeds, defenses, defens
     from mtlue.verdict import VerdictRules
     from mtlue.verify import VerifyConfig, run_verification, verification_summary
 
-    torch_device = resolve_device(device)
-    jobs = _jobs(jobs, torch_device)
+    dist = _distributed(resolve_device(device))
+    torch_device = dist.device
+    jobs = 1 if dist.distributed and jobs == "auto" else _jobs(jobs, torch_device)  # torchrun: one victim per rank
     rules = VerdictRules(max_learnability=max_learnability, min_clean_gain=min_clean_gain, binary_metric=binary_metric)
     base = TrainConfig(backbone=backbone, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
                        momentum=momentum, schedule=schedule, augment=augment, grad_space=grad_space,
@@ -681,7 +682,10 @@ def verify(store, clean_spec, profiles, weightings, stl, seeds, defenses, defens
     _check_stores(clean_spec, check=not no_check_store)
     protected, clean = open_source(store), open_source(clean_spec)
     out_dir = out_dir or os.path.normpath(store) + ".verify"
-    result = run_verification(protected, clean, config, out_dir, torch_device, progress=not quiet, jobs=jobs)
+    result = run_verification(protected, clean, config, out_dir, torch_device, progress=not quiet and dist.is_main,
+                              jobs=jobs, dist=dist)
+    if not dist.is_main:
+        return
     if getattr(protected, "store_dir", None):  # a release keeps its bytes: the summary is in OUT only
         update_manifest(store, "verification", verification_summary(result))
     click.echo(format_verdict_text(result))
@@ -720,10 +724,14 @@ def run(recipe, name, runs_dir, resume, fresh, jobs, device, no_check_store, qui
 
     if resume and fresh:
         raise click.UsageError("--resume and --fresh exclude each other")
-    torch_device = resolve_device(device)
+    dist = _distributed(resolve_device(device))
+    torch_device = dist.device
     outcome = run_pipeline(load_recipe(recipe, name, overrides), runs_dir, device=torch_device, resume=resume, fresh=fresh,
                            progress=not quiet, log=lambda line: click.echo(line, err=True),
-                           jobs=_jobs(jobs, torch_device), check_store=not no_check_store)
+                           jobs=1 if dist.distributed and jobs == "auto" else _jobs(jobs, torch_device),
+                           check_store=not no_check_store, dist=dist)
+    if not dist.is_main:
+        return
     result = VerificationResult.from_json(outcome["report"])
     click.echo(format_verdict_text(result))
     click.echo(f"report: {os.path.join(outcome['report_dir'], 'report.md')}")

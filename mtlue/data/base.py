@@ -190,14 +190,19 @@ class Source:
             for split in self.splits():
                 digest.update(f"|split {split} {self.size(split)}|".encode())
                 digest.update(np.ascontiguousarray(self.index_array(split), dtype=np.int64).tobytes())
-                for task in self.tasks:
-                    labels, masks = self.label_array(split, task.name)
-                    digest.update(task.name.encode())
-                    digest.update(np.ascontiguousarray(labels).tobytes())
-                    digest.update(np.ascontiguousarray(masks, dtype=bool).tobytes())
+                self.digest_labels(digest, split)
             digest.update(self.sample_names().encode())
             cached = self._layout_digest = digest.hexdigest()
         return cached
+
+    def digest_labels(self, digest, split: str) -> None:
+        """Feed a split's labels and masks to `digest` (for `layout_digest`); a source whose labels are
+        files (NYUv2's label maps) may hash the files instead of materialising every array."""
+        for task in self.tasks:
+            labels, masks = self.label_array(split, task.name)
+            digest.update(task.name.encode())
+            digest.update(np.ascontiguousarray(labels).tobytes())
+            digest.update(np.ascontiguousarray(masks, dtype=bool).tobytes())
 
     def sample_names(self) -> str:
         """What names the samples beyond their indices (file names); empty for generated data."""
