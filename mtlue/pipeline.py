@@ -159,51 +159,68 @@ def check_run_dir(run_dir: str, resume: bool, fresh: bool) -> None:
 
 
 def run_pipeline(recipe: Recipe, runs_dir: str = "runs", device=None, resume: bool = False, fresh: bool = False,
-                 progress: bool = True, log=print, jobs: int = 1, check_store: bool = True) -> dict:
-    """Run (or resume) every stage; returns {"verdict", "report_dir", "stages": {name: "ran"|"skipped"}}."""
+                 progress: bool = True, log=print, jobs: int = 1, check_store: bool = True, dist=None) -> dict | None:
+    """Run (or resume) every stage; returns {"verdict", "report_dir", "stages": {name: "ran"|"skipped"}}.
+
+    Under torchrun (`dist`) every rank runs each stage together (data-parallel surrogate and generator,
+    shards by id, victims spread over ranks); rank 0 alone decides, begins and finishes stages and
+    writes the report; the other ranks return None."""
     from mtlue.data import open_source
+    from mtlue.distributed import DistContext
     from mtlue.runtime import resolve_device
 
     plan = plan_run(recipe, runs_dir)
     device = resolve_device(device) if device is None or isinstance(device, str) else device
-    check_run_dir(plan.run_dir, resume, fresh)
-    os.makedirs(plan.run_dir, exist_ok=True)
+    dist = dist if dist is not None else DistContext.single(device)
+    log = log if dist.is_main else (lambda line: None)
+    progress = progress and dist.is_main
+    if dist.is_main:
+        check_run_dir(plan.run_dir, resume, fresh)
+        os.makedirs(plan.run_dir, exist_ok=True)
+    dist.barrier()
     source = open_source(recipe.source)
     data = source.identity()
     params, prints = _stage_params(plan, data), stage_fingerprints(plan, data)
     actions = {
-        "surrogate": lambda stage: _surrogate_stage(plan, source, device, stage, progress),
-        "generator": lambda stage: _generator_stage(plan, source, device, stage, progress),
-        "shards": lambda stage: _shards_stage(plan, source, device, stage, progress),
-        "victims": lambda stage: _victims_stage(plan, source, device, stage, progress, jobs, check_store),
-        "report": lambda stage: _report_stage(plan, source, device, stage),
+        "surrogate": lambda stage: _surrogate_stage(plan, source, device, stage, progress, dist),
+        "generator": lambda stage: _generator_stage(plan, source, device, stage, progress, dist),
+        "shards": lambda stage: _shards_stage(plan, source, device, stage, progress, dist),
+        "victims": lambda stage: _victims_stage(plan, source, device, stage, progress, jobs, check_store, dist),
+        "report": lambda stage: _report_stage(plan, source, device, stage) if dist.is_main else None,
     }
     outcome = {}
     for name in STAGES:
         stage = Stage(plan.run_dir, name, prints[name])
-        if stage.is_done():
+        if dist.broadcast_object(stage.is_done() if dist.is_main else None):
             log(f"[{name}] skipped: finished with the same fingerprint")
             outcome[name] = "skipped"
             continue
         log(f"[{name}] running")
         started = time.perf_counter()
-        stage.begin(params[name])
+        if dist.is_main:
+            stage.begin(params[name])
+        dist.barrier()
         summary = actions[name](stage)
+        dist.barrier()
+        if not dist.is_main:
+            continue
         stage.finish(params[name], summary, time.perf_counter() - started)
         log(f"[{name}] done in {time.perf_counter() - started:.1f} s")
         outcome[name] = "ran"
+    if not dist.is_main:
+        return None
     report = read_json(os.path.join(plan.run_dir, "report", "report.json"))
     return {"verdict": report.get("verdict"), "report_dir": os.path.join(plan.run_dir, "report"), "stages": outcome,
             "report": report}
 
 
-def _surrogate_stage(plan: RunPlan, source, device, stage: Stage, progress: bool) -> dict:
+def _surrogate_stage(plan: RunPlan, source, device, stage: Stage, progress: bool, dist) -> dict:
     from mtlue.train import train_model
 
     if not plan.trains_surrogate:
         return {"trained": False}
     result = train_model(plan.surrogate, source.dataset("train"), source.dataset("test"), source.tasks, device,
-                         out_dir=stage.path, progress=progress)
+                         out_dir=stage.path, progress=progress, dist=dist)
     return {"mean": result.history.get("mean")}
 
 
@@ -213,33 +230,38 @@ def _generator_config(plan: RunPlan, stage_dir: str):
     return plan.protect.with_(work_dir=stage_dir).with_settings(surrogate_path=plan.surrogate_dir)
 
 
-def _generator_stage(plan: RunPlan, source, device, stage: Stage, progress: bool) -> dict:
+def _generator_stage(plan: RunPlan, source, device, stage: Stage, progress: bool, dist) -> dict:
     from mtlue.protect import build_method
     from mtlue.protect.base import ProtectContext
+    from mtlue.protect.driver import prepare_method
 
     config = _generator_config(plan, stage.path)
     method = build_method(config)
-    method.prepare(ProtectContext(source, config, device, stage.path, progress=progress))
+    context = ProtectContext(source, config, device, stage.path, progress=progress,
+                             dist=dist if dist.distributed else None)
+    prepare_method(method, context, dist)
     return {"method": config.method, "settings": config.settings.to_json(), "record": method.record()}
 
 
-def _shards_stage(plan: RunPlan, source, device, stage: Stage, progress: bool) -> dict:
+def _shards_stage(plan: RunPlan, source, device, stage: Stage, progress: bool, dist) -> dict:
     from mtlue.protect.driver import protect_source
 
     config = _generator_config(plan, os.path.join(plan.run_dir, "generator"))
     manifest = protect_source(source, plan.store_dir, config, device, work_dir=config.work_dir,
-                              overwrite=True, progress=progress, shard_size=plan.recipe.shard_size)
+                              overwrite=True, progress=progress, shard_size=plan.recipe.shard_size, dist=dist)
     return {"store": plan.store_dir, "shards": len(manifest["splits"]["train"]["shards"])}
 
 
-def _victims_stage(plan: RunPlan, source, device, stage: Stage, progress: bool, jobs: int, check_store: bool) -> dict:
+def _victims_stage(plan: RunPlan, source, device, stage: Stage, progress: bool, jobs: int, check_store: bool,
+                   dist) -> dict:
     from mtlue.data import open_source
     from mtlue.store import verify_store
     from mtlue.verify import train_victim_grid
 
     if check_store:  # a resumed run trains on a store that may have changed since the shards stage
         verify_store(plan.store_dir)
-    rows = train_victim_grid(open_source(plan.store_dir), source, plan.verify, stage.path, device, progress, jobs)
+    rows = train_victim_grid(open_source(plan.store_dir), source, plan.verify, stage.path, device, progress, jobs,
+                             dist)
     return {"victims": len(rows)}
 
 

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from mtlue.data.base import Source, check_compatible_tasks
-from mtlue.errors import ConfigError
+from mtlue.errors import ConfigError, MtlueError
 from mtlue.metrics import best_value, primary_metric
 from mtlue.stages import Stage, fingerprint, read_json
 from mtlue.verdict import NO_DEFENSE, TaskScore, VerdictRules, VictimRow
@@ -196,8 +196,11 @@ def check_victim_inputs(protected: Source, clean: Source) -> None:
 
 
 def train_victim_grid(protected: Source, clean: Source, config: VerifyConfig, victims_dir: str, device,
-                      progress: bool = True, jobs: int = 1) -> list:
-    """Train every clean reference and protected victim (each resumable); returns the VictimRows."""
+                      progress: bool = True, jobs: int = 1, dist=None) -> list:
+    """Train every clean reference and protected victim (each resumable); returns the VictimRows.
+
+    Under torchrun (`dist`) the pending victims are spread over the ranks (victim i on rank
+    i % world_size, each on its own device); after a barrier every rank reads all of them from disk."""
     check_victim_inputs(protected, clean)
     histories, pending = {}, []
     for victim in config.clean_victims() + config.protected_victims():
@@ -208,7 +211,16 @@ def train_victim_grid(protected: Source, clean: Source, config: VerifyConfig, vi
             histories[victim.label] = finished
         else:
             pending.append((victim, params, train_data))
-    if jobs > 1 and len(pending) > 1 and getattr(device, "type", str(device)) == "cpu":
+    if dist is not None and dist.distributed:
+        for position, (victim, params, train_data) in enumerate(pending):
+            if position % dist.world_size == dist.rank:
+                train_victim(victims_dir, victim, params, config, train_data, clean, device, progress)
+        dist.barrier()
+        for victim, params, _ in pending:
+            histories[victim.label] = finished_history(victims_dir, victim, params)
+            if histories[victim.label] is None:
+                raise MtlueError(f"{victims_dir}: victim {victim.label} was not finished by its rank")
+    elif jobs > 1 and len(pending) > 1 and getattr(device, "type", str(device)) == "cpu":
         import multiprocessing
 
         # Small CPU victims scale poorly over threads: one process per core trains more per second.
@@ -294,9 +306,12 @@ def surrogate_backbone(record: dict) -> str | None:
 
 def run_verification(protected: Source, clean: Source, config: VerifyConfig, out_dir: str, device,
                      progress: bool = True, title: str = "mtlue verification", notes: dict | None = None,
-                     jobs: int = 1):
-    """Train the victim grid into OUT/victims and write the report into OUT; returns the result."""
-    rows = train_victim_grid(protected, clean, config, os.path.join(out_dir, "victims"), device, progress, jobs)
+                     jobs: int = 1, dist=None):
+    """Train the victim grid into OUT/victims and write the report into OUT; returns the result
+    (under torchrun: rank 0 writes the report and returns it, the other ranks return None)."""
+    rows = train_victim_grid(protected, clean, config, os.path.join(out_dir, "victims"), device, progress, jobs, dist)
+    if dist is not None and not dist.is_main:
+        return None
     return write_verification(rows, protected, clean, config, out_dir, title, notes)
 
 

@@ -137,12 +137,7 @@ def _protect(source, store_dir: Path, config: ProtectConfig, device, work_dir: P
     method = method if method is not None else build_method(config)
     context = ProtectContext(source, config, device, work_dir, progress=progress, on_iteration=on_iteration,
                              dist=dist if dist.distributed else None)
-    together = getattr(method, "prepares_together", False)  # MTL-UE: every rank trains the generator
-    if not dist.is_main and not together:
-        dist.barrier()  # rank 0 prepares first (trains and checkpoints); this rank then loads its result
-    method.prepare(context)
-    if dist.is_main and not together:
-        dist.barrier()
+    prepare_method(method, context, dist)
     record = protection_record(config, method, context, dist)
 
     poisoned = poisoned_index_set(source, "train", config.poison_rate, config.seed)
@@ -182,6 +177,18 @@ def _protect(source, store_dir: Path, config: ProtectConfig, device, work_dir: P
     if manifest is None:
         manifest = json.loads((store_dir / "manifest.json").read_text())
     return manifest
+
+
+def prepare_method(method, context: ProtectContext, dist) -> None:
+    """`method.prepare(context)`; under torchrun every rank together for a method that trains data-parallel
+    (`prepares_together`: MTL-UE's generator), else rank 0 first and then the others, which load what it
+    checkpointed in the work directory."""
+    together = getattr(method, "prepares_together", False)
+    if not dist.is_main and not together:
+        dist.barrier()
+    method.prepare(context)
+    if dist.is_main and not together:
+        dist.barrier()
 
 
 def protect_batch(batch: Batch, method, config: ProtectConfig, poisoned: np.ndarray | None, device) -> Batch:
