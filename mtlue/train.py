@@ -148,7 +148,7 @@ def fit_dense_chance(train_set, tasks, floor_labels, num_workers: int, device) -
         for name, fit in fits.items():
             fit.add(label_tensor(floor_labels[name][0]), torch.as_tensor(floor_labels[name][1]))
     elif fits:
-        for batch in torch.utils.data.DataLoader(train_set, batch_size=256, shuffle=False, num_workers=num_workers):
+        for batch in torch.utils.data.DataLoader(train_set, batch_size=32, shuffle=False, num_workers=num_workers):
             labels, masks = batch["labels"], batch["masks"]
             for name, fit in fits.items():
                 fit.add(label_tensor(labels[name]).to(device), masks[name].to(device))
@@ -217,7 +217,9 @@ def train_model(config: TrainConfig, train_data, test_data, tasks, device, out_d
         train_loader = data_parallel.loader(train_loader)
         progress = progress and dist.is_main
         out_dir = out_dir if dist.is_main else None
-    test_loader = torch.utils.data.DataLoader(test_set, batch_size=max(config.batch_size, 256), shuffle=False, num_workers=config.num_workers)
+    # dense outputs are full-resolution maps per task: test at the training batch size (LibMTL: 8 on NYUv2)
+    test_batch = config.batch_size if any(t.is_dense for t in tasks) else max(config.batch_size, 256)
+    test_loader = torch.utils.data.DataLoader(test_set, batch_size=test_batch, shuffle=False, num_workers=config.num_workers)
     metric_names = {t.name: primary_metric(t, config.binary_metric) for t in tasks}
     collected = {t.name: ([], []) for t in tasks if not t.is_dense} if floor_labels is None else None
     chance_fits = fit_dense_chance(train_set, tasks, floor_labels, config.num_workers, device)
