@@ -1,9 +1,13 @@
 """Time per optimiser step of every task weighting, as a ratio to `ew`, on a CelebA-like problem.
 
 K binary tasks (default 40), resnet18, 64-px images, batch 64, random data. Gradient-based
-weightings are timed three ways: exact shared-parameter gradients from batched vector–Jacobian
-products (mtlue's default), representation gradients (`--grad-space representation`), and exact
-gradients from K sequential backward passes (what the MTL-UE code and LibMTL do).
+weightings are timed several ways: exact shared-parameter gradients from batched vector–Jacobian
+products (`is_grads_batched`, torch's vmap over the K VJPs: mtlue's default on CUDA), the K VJPs one
+after another from the representation (`loop`: the default on CPU), representation gradients
+(`--grad-space representation`), exact gradients from K sequential backward passes (what the
+MTL-UE code and LibMTL do), and the exact Gramian from torchjd's autogram engine, which never
+forms the K × P Jacobian, followed by one backward of Σ_k α_k L_k (`gramian (torchjd)`, needs
+`pip install torchjd`).
 Prints ratios measured in this run; asserts nothing.
 
     python bench/bench_weighting.py                       # the full setting (meant for a GPU)
@@ -13,6 +17,7 @@ Prints ratios measured in this run; asserts nothing.
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 
 import torch
@@ -24,7 +29,8 @@ from mtlue.runtime import resolve_device
 from mtlue.weighting import WEIGHTINGS, build_weighting
 
 MODES = (("exact", "shared", "auto"), ("exact batched", "shared", "batched"), ("exact loop", "shared", "loop"),
-         ("representation", "representation", "auto"), ("K sequential", "shared", "sequential"))
+         ("representation", "representation", "auto"), ("K sequential", "shared", "sequential"),
+         ("gramian (torchjd)", "shared", "gramian"))
 
 
 def make_problem(num_tasks: int, backbone: str, image_size: int, batch_size: int, device: torch.device):
@@ -40,6 +46,34 @@ def make_problem(num_tasks: int, backbone: str, image_size: int, batch_size: int
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+class GramianBackward:
+    """Exact shared-parameter Gramian from torchjd's autogram engine (no K × P Jacobian), α from the
+    weighting, then one backward of Σ α_k L_k for the shared parameters and of Σ L_k (FairGrad: Σ α_k L_k)
+    for the heads: the same update as the weighting's own backward."""
+
+    def __init__(self, weighting, model):
+        from torchjd.autogram import Engine
+
+        self.weighting, self.model = weighting, model
+        self.engine = Engine(model.backbone, model.shared_head, batch_dim=None)  # before any forward
+
+    def parameters(self):
+        return self.weighting.parameters()
+
+    def backward(self, losses, model, rep):
+        gram = self.engine.compute_gramian(losses)
+        alpha = self.weighting.weights_from_gram(gram.detach().double().cpu(), losses.detach().double().cpu())
+        alpha = alpha.to(device=losses.device, dtype=losses.dtype)
+        shared = model.shared_parameters()
+        heads = list(model.task_parameters())
+        head_loss = (alpha * losses).sum() if self.weighting.weights_heads else losses.sum()
+        for p, g in zip(heads, torch.autograd.grad(head_loss, heads, retain_graph=True, allow_unused=True)):
+            p.grad = g
+        for p, g in zip(shared, torch.autograd.grad((alpha * losses).sum(), shared, allow_unused=True)):
+            p.grad = g
+        return alpha
 
 
 def seconds_per_step(model, weighting, tasks, images, labels, device, steps: int) -> float:
@@ -79,6 +113,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     tasks, model, images, labels = make_problem(args.tasks, args.backbone, args.image_size, args.batch_size, device)
+    pristine = copy.deepcopy(model)
     wanted_modes = [m for m in MODES if m[0] in args.modes.split(",")]
     print(f"K={args.tasks} binary tasks, {args.backbone}, {args.image_size} px, batch {args.batch_size}, device {device}, "
           f"{torch.get_num_threads()} threads, {args.steps} timed steps per cell")
@@ -94,8 +129,18 @@ def main() -> None:
             if not probe.uses_gradients and cells:  # loss-based: one cell, no gradient modes
                 cells.append(f"{'-':>24}")
                 continue
-            weighting = build_weighting(name, args.tasks, grad_space=grad_space, grad_method=grad_method).to(device)
-            seconds = ew if name == "ew" else seconds_per_step(model, weighting, tasks, images, labels, device, args.steps)
+            if grad_method == "gramian":
+                try:
+                    # the engine hooks the modules it is given: a fresh copy, so no other cell pays for them
+                    gram_model = copy.deepcopy(pristine)
+                    weighting = GramianBackward(build_weighting(name, args.tasks).to(device), gram_model)
+                except ImportError:
+                    cells.append(f"{'(no torchjd)':>24}")
+                    continue
+            else:
+                weighting = build_weighting(name, args.tasks, grad_space=grad_space, grad_method=grad_method).to(device)
+            timed = gram_model if grad_method == "gramian" else model
+            seconds = ew if name == "ew" else seconds_per_step(timed, weighting, tasks, images, labels, device, args.steps)
             cells.append(f"{seconds / ew:>14.2f}x ({seconds:6.2f}s)")
         print(f"{name:<13}" + "".join(cells), flush=True)
 
