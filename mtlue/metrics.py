@@ -18,8 +18,9 @@ mean of batch means): segmentation mIoU and pixel accuracy from one confusion ma
 classes that occur in the labels or the predictions: LibMTL's plain mean gives NaN for a class absent
 from both); depth abs and rel error, the per-pixel mean; normals the mean and median angle (degrees)
 and the fractions of pixels strictly under 11.25°, 22.5° and 30°. They are judged on mIoU, abs error
-and mean angle. Chance (`DenseChance`) is the image-blind predictor fitted on the train labels: the
-per-pixel majority class, the train-mean depth, the mean train normal, scored like a victim.
+and mean angle. Chance (`DenseChance`) is the image-blind predictor fitted on the train labels at
+each pixel position: the per-pixel majority class, the train-mean depth and the mean train normal of
+that pixel, scored like a victim.
 """
 
 from __future__ import annotations
@@ -223,13 +224,14 @@ def histogram_median(histogram: np.ndarray, count: float, high: float) -> float:
 
 
 class DenseChance:
-    """The image-blind predictor of a dense task, fitted on train labels: the per-pixel majority class,
-    the mean depth, or the mean normal over every valid train pixel; `output(target)` is its prediction
-    for a batch, shaped as a model output."""
+    """The image-blind predictor of a dense task, fitted on the train labels at each pixel position: the
+    majority class, the mean depth or the mean normal of that pixel over the train split (what a model
+    learns from the labels alone, a spatial prior included; a position no train label covers falls
+    back to the whole split's). `output(target)` is its prediction for a batch, shaped as a model output."""
 
     def __init__(self, task: TaskSpec):
         self.task = task
-        self.sums = None
+        self.sums = None  # (classes, H, W) counts, or (channels + 1, H, W): value sums and the valid count
 
     def add(self, target: torch.Tensor, present: torch.Tensor | None = None) -> None:
         from mtlue.data.dense import valid_pixels
@@ -238,21 +240,36 @@ class DenseChance:
         if present is not None:
             valid = valid & present.reshape(-1, 1, 1).bool()
         if self.task.kind == "segmentation":
-            batch = torch.bincount(target[valid].long(), minlength=self.task.num_classes).double()
+            batch = torch.stack([((target == c) & valid).sum(0) for c in range(self.task.num_classes)]).double()
         else:
-            values = target.movedim(1, -1)[valid].double()  # (pixels, channels)
-            batch = torch.cat([values.sum(0), torch.tensor([float(len(values))], dtype=torch.float64, device=values.device)])
+            values = torch.where(valid.unsqueeze(1), target, torch.zeros_like(target)).double().sum(0)
+            batch = torch.cat([values, valid.sum(0, keepdim=True).double()])
         self.sums = batch.cpu() if self.sums is None else self.sums + batch.cpu()
 
-    def constant(self) -> torch.Tensor:
-        """The per-pixel prediction (C,): one-hot majority logits, the mean depth, or the mean normal."""
+    def _fitted(self) -> torch.Tensor:
         if self.sums is None:
             raise ValueError(f"task {self.task.name!r}: no train labels seen")
+        return self.sums
+
+    def split_value(self) -> torch.Tensor:
+        """The whole train split's value (C,): one-hot majority class logits, the mean depth or normal."""
+        sums = self._fitted().sum((1, 2))
         if self.task.kind == "segmentation":
-            return torch.nn.functional.one_hot(self.sums.argmax(), self.task.num_classes).float()
-        return (self.sums[:-1] / self.sums[-1].clamp_min(1.0)).float()
+            return torch.nn.functional.one_hot(sums.argmax(), self.task.num_classes).double()
+        return sums[:-1] / sums[-1].clamp_min(1.0)
+
+    def prediction(self) -> torch.Tensor:
+        """The per-pixel prediction (C, H, W) (class docstring)."""
+        sums, fallback = self._fitted(), self.split_value()[:, None, None]
+        if self.task.kind == "segmentation":
+            majority = torch.nn.functional.one_hot(sums.argmax(0), self.task.num_classes).permute(2, 0, 1).double()
+            return torch.where(sums.sum(0) > 0, majority, fallback).float()
+        count = sums[-1:]
+        return torch.where(count > 0, sums[:-1] / count.clamp_min(1.0), fallback).float()
 
     def output(self, target: torch.Tensor) -> torch.Tensor:
-        height, width = target.shape[-2:]
-        value = self.constant().to(target.device)
-        return value.reshape(1, -1, 1, 1).expand(len(target), -1, height, width)
+        value = self.prediction().to(target.device)
+        if value.shape[-2:] != target.shape[-2:]:
+            raise ValueError(f"task {self.task.name!r}: fitted on {tuple(value.shape[-2:])} maps, "
+                             f"got {tuple(target.shape[-2:])}")
+        return value.unsqueeze(0).expand(len(target), -1, -1, -1)

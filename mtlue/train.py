@@ -226,7 +226,7 @@ def train_model(config: TrainConfig, train_data, test_data, tasks, device, out_d
     if chance_fits:
         from mtlue.models.dense import start_depth_heads
 
-        start_depth_heads(model, {name: float(fit.constant()[0]) for name, fit in chance_fits.items()
+        start_depth_heads(model, {name: float(fit.split_value()[0]) for name, fit in chance_fits.items()
                                   if fit.task.kind == "depth"})
     history = {"config": asdict(config), "tasks": [t.to_json() for t in tasks], "metric": metric_names, "epochs": []}
     if data_parallel is not None:

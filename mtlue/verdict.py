@@ -5,8 +5,8 @@ Per task, retained learnability = (protected − chance) / (clean − chance) on
 release learned nothing beyond chance, 1 as much as from clean data. Chance and the metric follow
 the task kind (`mtlue.metrics`): binary tasks are judged on balanced accuracy (or AUC), never plain
 accuracy; dense tasks on mIoU (segmentation), abs error (depth) and mean angle (normals), against the
-image-blind predictor fitted on the train labels (the per-pixel majority class, the train-mean depth,
-the mean train normal; `mtlue.metrics.DenseChance`). A victim's score averages its tasks weighted by what clean data teaches each, the clean
+image-blind predictor fitted on the train labels at each pixel position (that pixel's majority class,
+mean depth, mean normal: the label prior, spatial layout included; `mtlue.metrics.DenseChance`). A victim's score averages its tasks weighted by what clean data teaches each, the clean
 gain (clean − chance; for errors, the fraction of the chance error removed), so a task clean data
 barely teaches cannot dominate.
 
@@ -330,7 +330,7 @@ class VerificationResult:
 SCHEMA = "mtlue-report/2"
 RULE_TEXT = ("Per task, retained learnability = (protected - chance) / (clean - chance) on the clean test split, last "
              "epoch (binary tasks on balanced accuracy or AUC; dense tasks on mIoU, depth abs error and mean normal angle, "
-             "chance being the per-pixel majority class, the train-mean depth and the mean train normal; for an error, "
+             "chance being each pixel's train majority class, mean depth and mean normal; for an error, "
              "(chance - protected) / (chance - clean)); a victim averages its tasks weighted by clean - chance. "
              "PASS iff every no-defense profile x weighting, at its worst seed, is <= {max:g}; INCONCLUSIVE when a clean "
              "victim's mean gain over chance is below {gain:g}; defense rows are reported and do not change the verdict. "

@@ -1,6 +1,7 @@
 """Procedural indoor scenes with dense labels: segmentation, depth and surface normals of one geometry.
 
-Each sample is a ray-cast pinhole view (focal length = image side, so a 53° field of view) of a room:
+Each sample is a ray-cast pinhole view (focal length = image side, so a 53° field of view; the camera
+1.2–1.8 m high, pitched down 8–22° and turned up to 15° either way) of a room:
 a checkered floor, a back wall, one side wall, a ceiling, and one to three boxes (yawed) and spheres
 standing on the floor. Every pixel's label comes from the surface its ray hits first:
 - `segmentation`: that surface's class (floor, wall, ceiling, box, sphere), −1 where a rectangle of
@@ -36,6 +37,7 @@ CEILING_HEIGHT = 2.8
 AMBIENT = 0.35
 DIMMING = 0.06  # brightness × 1 / (1 + DIMMING · depth)
 PIXEL_NOISE = 8.0
+CAMERA_YAW = 15.0  # degrees either way: the walls' normals and the horizon's slope vary with the view
 FAR = 1e6  # "no hit"
 
 # all flip-safe: a mirrored room is a room; normals need x negated on a flip (mtlue.data.dense.hflip_label)
@@ -52,6 +54,7 @@ def draw_scene(seed: int, split_id: int, index: int) -> dict:
     rng = np.random.default_rng([seed, split_id, int(index)])
     scene = {
         "height": rng.uniform(1.2, 1.8), "pitch": np.deg2rad(rng.uniform(8.0, 22.0)),
+        "yaw": np.deg2rad(rng.uniform(-CAMERA_YAW, CAMERA_YAW)),
         "wall_z": rng.uniform(4.5, 7.5), "side_x": rng.choice([-1.0, 1.0]) * rng.uniform(1.8, 3.0),
         "light_x": rng.uniform(-0.4, 0.4),
         "floor_rgb": np.array([150, 110, 70], np.float32) + rng.uniform(-25, 25, 3).astype(np.float32),
@@ -61,10 +64,15 @@ def draw_scene(seed: int, split_id: int, index: int) -> dict:
     count = int(rng.integers(1, MAX_OBJECTS + 1))
     objects = np.zeros((MAX_OBJECTS, 9), np.float64)  # active, kind, x, z, radius, height, depth, yaw, colour
     for k in range(count):
-        z = rng.uniform(2.0, scene["wall_z"] - 1.0)
         radius = rng.uniform(0.25, 0.55)
-        limit = min(0.35 * z, abs(scene["side_x"]) - radius - 0.05)
-        objects[k] = (1.0, rng.integers(2), rng.uniform(-limit, limit), z, radius, radius * rng.uniform(0.7, 1.6),
+        # in view: a bearing within ±17° of the camera's heading, as far as the room allows (2 m and up)
+        bearing = scene["yaw"] + rng.uniform(-0.3, 0.3)
+        reach = (scene["wall_z"] - radius - 0.3) / np.cos(bearing)
+        if np.sign(np.sin(bearing)) == np.sign(scene["side_x"]):
+            reach = min(reach, (abs(scene["side_x"]) - radius - 0.05) / max(abs(np.sin(bearing)), 1e-6))
+        distance = rng.uniform(min(2.0, reach), reach)
+        x, z = distance * np.sin(bearing), distance * np.cos(bearing)
+        objects[k] = (1.0, rng.integers(2), x, z, radius, radius * rng.uniform(0.7, 1.6),
                       radius * rng.uniform(0.7, 1.3), np.deg2rad(rng.uniform(-45, 45)), rng.integers(len(OBJECT_COLOURS)))
     scene["objects"], scene["count"] = objects, count
     # rectangles as (row, col, height, width) fractions of the side; a zero-size one is absent
@@ -79,15 +87,17 @@ def _rectangle(rng, probability: float) -> np.ndarray:
     return np.concatenate([corner, size]) * (rng.random() < probability)
 
 
-def _ray_directions(size: int, pitch: float) -> tuple[np.ndarray, np.ndarray]:
+def _ray_directions(size: int, pitch: float, yaw: float) -> tuple[np.ndarray, np.ndarray]:
     """World-frame ray directions (S,S,3) with camera z = 1 (so t along them is z-depth), and the
-    camera's rotation (3,3) world ← camera (pitched down by `pitch` about x)."""
+    camera's rotation (3,3) world ← camera (pitched down by `pitch` about x, then turned by `yaw`
+    about the vertical, towards +x)."""
     centres = (np.arange(size) + 0.5 - size / 2) / size
     x = np.broadcast_to(centres[None, :], (size, size))
     y = np.broadcast_to(-centres[:, None], (size, size))
     camera = np.stack([x, y, np.ones((size, size))], -1)
     c, s = np.cos(pitch), np.sin(pitch)
-    rotation = np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
+    cy, sy = np.cos(yaw), np.sin(yaw)
+    rotation = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]]) @ np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
     return camera @ rotation.T, rotation
 
 
@@ -138,7 +148,7 @@ def _box(t_best, hit, direction, origin, centre, half, yaw, obj, state) -> None:
 
 def render_scene(scene: dict, size: int, noise: np.ndarray) -> tuple:
     """(image uint8 (S,S,3), segmentation int64 (S,S), depth float32 (S,S,1), normal float32 (S,S,3))."""
-    direction, rotation = _ray_directions(size, scene["pitch"])
+    direction, rotation = _ray_directions(size, scene["pitch"], scene["yaw"])
     origin = np.array([0.0, scene["height"], 0.0])
     t_best, hit = np.full((size, size), FAR), np.zeros((size, size), bool)
     state = {"normal": np.zeros((size, size, 3)), "cls": np.zeros((size, size), np.int64),

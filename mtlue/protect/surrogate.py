@@ -72,7 +72,7 @@ def train_mean_depths(context) -> dict:
 
         depth_tasks = [t for t in context.tasks if t.kind == "depth"]
         fits = fit_dense_chance(context.train_dataset(), depth_tasks, None, 0, context.device) if depth_tasks else {}
-        cached = context._train_mean_depths = {name: float(fit.constant()[0]) for name, fit in fits.items()}
+        cached = context._train_mean_depths = {name: float(fit.split_value()[0]) for name, fit in fits.items()}
     return cached
 
 
