@@ -214,7 +214,6 @@ def protection_record(config: ProtectConfig, method, context: ProtectContext, di
     """The manifest's `protection` block (JSON-able): the shared settings, the method's own settings
     (`config` holds both, nothing of other methods) and what the method reports."""
     settings = config.settings
-    world = dist.world_size if dist is not None else 1
     record = {"method": config.method}
     if config.method == "mtlue":
         record["base"] = settings.base
@@ -227,9 +226,9 @@ def protection_record(config: ProtectConfig, method, context: ProtectContext, di
         "poison_rate": config.poison_rate,
         "protected_tasks": list(context.protected_tasks),
         "split": "train",
-        "world_size": world,  # processes of this launch; the generator's own training: generator_distributed
+        "world_size": 1,
         "batch_size": config.batch_size,
-        "world_size_x_batch": f"{world} x {config.batch_size / world:g}",
+        "world_size_x_batch": f"1 x {config.batch_size}",
     })
     if dist is not None and dist.distributed:
         record["distributed"] = {**dist.record(), "shard_owner": "shard_id % world_size"}
@@ -238,6 +237,10 @@ def protection_record(config: ProtectConfig, method, context: ProtectContext, di
     record["config"] = {k: v for k, v in config.to_json().items() if k != "work_dir"}  # the owner's machine, not the data's
     record["software"] = _software()
     record.update(method.record())
+    trained = record.get("generator_distributed")
+    if trained:  # world size x per-process batch of the generator's training (its global batch is batch_size)
+        record["world_size"] = trained["world_size"]
+        record["world_size_x_batch"] = f"{trained['world_size']} x {trained['per_rank_batch']}"
     return json.loads(json.dumps(record, default=str))
 
 

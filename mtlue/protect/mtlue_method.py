@@ -131,9 +131,11 @@ class MTLUEMethod(ProtectionMethod):
             else:
                 self._train(context)
                 if _is_main(context):  # the other ranks hold the same generator in memory
-                    save_generator(self.generator, final_path, {"history": self.history, "fingerprint": self._fingerprint(),
-                                                                "regulariser_scale": self.regulariser_scale,
-                                                                "distributed": self.parallel_record})
+                    meta = {"history": self.history, "fingerprint": self._fingerprint(),
+                            "regulariser_scale": self.regulariser_scale}
+                    if self.parallel_record is not None:
+                        meta["distributed"] = self.parallel_record
+                    save_generator(self.generator, final_path, meta)
         self.generator.eval()
         self.generator_sha256 = weights_sha256(self.generator)
 
@@ -364,7 +366,6 @@ class MTLUEMethod(ProtectionMethod):
                 "surrogate_steps_per_iteration": self._surrogate_step_count() if cfg.base == "em" else None,
                 "clamp_inputs": cfg.clamp_inputs, "samples_per_epoch": cfg.samples_per_epoch,
                 "generator_width": cfg.generator_width, "generator_stem": self.stem,
-                "generator_distributed": self.parallel_record,
                 "regulariser_scale": self.regulariser_scale,
                 "effective_lambda_intra": None if self.regulariser_scale is None else cfg.lambda_intra * self.regulariser_scale,
                 "effective_lambda_inter": None if self.regulariser_scale is None else cfg.lambda_inter * self.regulariser_scale,
@@ -373,6 +374,8 @@ class MTLUEMethod(ProtectionMethod):
                 "generator_history": self.history[-1:] if self.history else []}
         if cfg.generator_path:
             info["generator_path"] = str(cfg.generator_path)
+        if self.parallel_record is not None:  # trained under torchrun: world size, global/per-rank batch, bn_sync
+            info["generator_distributed"] = self.parallel_record
         return info
 
 
