@@ -244,18 +244,19 @@ def test_scenes_are_seeded_and_carry_invalid_markers():
 
 
 def test_dense_victims_give_full_resolution_outputs_and_train_with_every_weighting():
-    source = ScenesSource(n=4, size=32, mixed=1)
+    source = ScenesSource(n=4, size=16, mixed=1)
     images, labels, masks = batch_tensors(next(source.batches("train", 4)), "cpu")
-    assert labels["depth"].shape == (4, 1, 32, 32) and labels["normal"].shape == (4, 3, 32, 32)
+    assert labels["depth"].shape == (4, 1, 16, 16) and labels["normal"].shape == (4, 3, 16, 16)
     torch.manual_seed(0)
-    model = build_model(source.tasks, "small_cnn", 3, 32)
+    model = build_model(source.tasks, "small_cnn", 3, 16)
     for name in WEIGHTINGS:
-        model.zero_grad(set_to_none=True)
-        rep = model.features(images)
-        losses = task_losses(source.tasks, model.heads_forward(rep), labels, masks)
-        weights = build_weighting(name, len(source.tasks)).backward(losses, model, rep)
-        grads = [p.grad for p in model.shared_parameters() if p.grad is not None]
-        assert torch.isfinite(weights).all() and grads and all(torch.isfinite(g).all() for g in grads), name
+        for space in ("shared", "representation"):
+            model.zero_grad(set_to_none=True)
+            rep = model.features(images)
+            losses = task_losses(source.tasks, model.heads_forward(rep), labels, masks)
+            weights = build_weighting(name, len(source.tasks), grad_space=space).backward(losses, model, rep)
+            grads = [p.grad for p in model.shared_parameters() if p.grad is not None]
+            assert torch.isfinite(weights).all() and grads and all(torch.isfinite(g).all() for g in grads), (name, space)
     deeplab = build_model(source.tasks[:3], "resnet18", 3, 32)  # dilated ResNet + ASPP heads
     outputs = deeplab(torch.rand(2, 3, 32, 48))
     assert outputs["segmentation"].shape == (2, 5, 32, 48) and outputs["normal"].shape == (2, 3, 32, 48)
