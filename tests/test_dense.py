@@ -378,3 +378,16 @@ def test_an_nyuv2_layout_is_protected_and_verified(tmp_path):
     assert result.exit_code in (0, 3, 4), result.output  # PASS / FAIL / INCONCLUSIVE: 1 epoch on 4 images
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert "mean_angle" in json.dumps(report) and "miou" in json.dumps(report)
+
+
+@pytest.mark.skipif(not os.environ.get("MTLUE_NYUV2"), reason="set MTLUE_NYUV2 to the preprocessed NYUv2 folder")
+def test_the_real_nyuv2_folder_reads_as_it_ships():
+    source = open_source(f"nyuv2:{os.environ['MTLUE_NYUV2']}")
+    assert (source.size("train"), source.size("test")) == (795, 654) and source.image_shape == (288, 384, 3)
+    for split in ("train", "test"):
+        sample = source.get(split, 0)
+        labels = sample.labels
+        assert labels["segmentation"].min() >= -1 and labels["segmentation"].max() <= 12
+        assert labels["depth"].shape == (288, 384, 1) and labels["depth"].min() >= 0
+        norms = np.linalg.norm(labels["normal"], axis=-1)
+        assert np.all((norms == 0) | (np.abs(norms - 1) < 1e-2))
