@@ -19,7 +19,7 @@ from mtlue.protect.driver import protect_source
 from mtlue.weighting import build_weighting
 
 CPU = torch.device("cpu")
-WEIGHTINGS = ("aligned_mtl", "fairgrad", "pcgrad", "mgda", "ew", "uw", "rlw")
+WEIGHTINGS = ("aligned_mtl", "fairgrad", "pcgrad", "mgda", "cagrad", "gradnorm", "ew", "uw", "rlw", "dwa")
 SPEC = "shapes:n=160,size=16,seed=2"
 
 
@@ -86,10 +86,13 @@ def test_two_processes_compute_the_global_weighting_of_the_concatenated_batch(tm
     run_local_group(weighting_steps, 2, tmp_path, str(tmp_path))
     for name in WEIGHTINGS:
         one = torch.load(tmp_path / f"{name}-w1-r0.pt")
+        # CAGrad's SLSQP solve turns the Gramian's last-bit differences (another summation order) into
+        # 4e-9 (measured); every other method agrees to 1e-15
+        atol = 1e-7 if name == "cagrad" else 1e-10
         for rank in (0, 1):
             two = torch.load(tmp_path / f"{name}-w2-r{rank}.pt")
-            torch.testing.assert_close(two["alphas"], one["alphas"], atol=1e-10, rtol=0, msg=name)
-            torch.testing.assert_close(two["params"], one["params"], atol=1e-10, rtol=0, msg=name)
+            torch.testing.assert_close(two["alphas"], one["alphas"], atol=atol, rtol=0, msg=name)
+            torch.testing.assert_close(two["params"], one["params"], atol=atol, rtol=0, msg=name)
 
 
 def test_per_rank_weighting_is_not_the_global_method(tmp_path):
