@@ -391,3 +391,24 @@ def test_the_real_nyuv2_folder_reads_as_it_ships():
         assert labels["depth"].shape == (288, 384, 1) and labels["depth"].min() >= 0
         norms = np.linalg.norm(labels["normal"], axis=-1)
         assert np.all((norms == 0) | (np.abs(norms - 1) < 1e-2))
+
+
+def test_the_nyuv2_recipe_is_the_papers_steplr():
+    from mtlue.pipeline import plan_verification
+    from mtlue.recipe import load_recipe
+    from mtlue.train import TrainConfig, build_schedule
+
+    recipe = os.path.join(os.path.dirname(__file__), "..", "pipelines", "nyuv2.toml")
+    plain = plan_verification(load_recipe(recipe)).profiles[0].victim
+    assert (plain.epochs, plain.batch_size, plain.lr, plain.step_size, plain.gamma) == (200, 8, 1e-4, 100, 0.1)
+    libmtl = plan_verification(load_recipe(recipe, overrides=["victims.gamma=0.5"])).profiles[0].victim
+    assert libmtl.gamma == 0.5
+    ours = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-4)
+    reference = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-4)
+    schedules = build_schedule(TrainConfig(epochs=400, step_size=100, gamma=0.5, lr=1e-4), ours), \
+        torch.optim.lr_scheduler.StepLR(reference, 100, 0.5)
+    for _ in range(400):
+        assert ours.param_groups[0]["lr"] == reference.param_groups[0]["lr"]
+        ours.step(), reference.step()
+        for schedule in schedules:
+            schedule.step()
