@@ -62,6 +62,14 @@ TASK_HEADER = ("profile", "weighting", "defense", "seed", "task", "metric", "cha
                "protected peak*", "learnability", "weight")
 
 
+DELTA_HEADER = ("profile", "weighting", "defense", "seed", "Δm % (every metric)")
+
+
+def delta_table(result: VerificationResult) -> list:
+    """Per protected victim: Δm against its clean reference (LibMTL's Δp; negative = worse than clean)."""
+    return [(r.profile, r.weighting, r.defense, str(r.seed), _fmt(r.delta_m, 1)) for r in result.rows]
+
+
 def task_table(result: VerificationResult) -> list:
     return [(r.profile, r.weighting, r.defense, str(r.seed), t.task, t.metric, _value(t.chance, t.metric),
              _value(t.clean, t.metric), _value(t.protected_last, t.metric), _value(t.protected_peak, t.metric),
@@ -121,7 +129,11 @@ def render_markdown(result: VerificationResult, figures: dict | None = None) -> 
               "", _markdown_table(VERDICT_HEADER, verdict_table(result)), "",
               "## Per task", "", "Accuracy-type values in percent. *Peak: the best epoch, chosen on the test data "
               "(optimistic for the attacker, never judged); the last epoch decides.", "",
-              _markdown_table(TASK_HEADER, task_table(result)), "", "## Not run", ""]
+              _markdown_table(TASK_HEADER, task_table(result)), "",
+              "## Δm", "", "Each protected victim against its clean reference, last epoch, as LibMTL counts it: "
+              "the signed relative change of every metric (+ when better), averaged within each task, then over "
+              "tasks; reported, never judged.", "", _markdown_table(DELTA_HEADER, delta_table(result)), "",
+              "## Not run", ""]
     parts += [f"- {line}" for line in result.not_run()] or ["- (the whole standard grid was run)"]
     parts += ["", "## Reproducibility", "", REPRODUCIBILITY, ""]
     if figures:

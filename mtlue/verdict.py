@@ -115,6 +115,7 @@ class VictimRow:
     seed: int = 0
     clean_seed: int = 0
     tasks: list = field(default_factory=list)  # list[TaskScore]
+    delta_m: float | None = None  # % against the clean reference over every metric (mtlue.verify.last_delta_m)
 
     @property
     def key(self) -> tuple:
@@ -151,7 +152,7 @@ class VictimRow:
         names = set(TaskScore.__dataclass_fields__)
         tasks = [TaskScore(**{k: v for k, v in t.items() if k in names}) for t in d["tasks"]]
         return cls(d["profile"], d["weighting"], d.get("defense", NO_DEFENSE), int(d.get("seed", 0)),
-                   int(d.get("clean_seed", 0)), tasks)
+                   int(d.get("clean_seed", 0)), tasks, d.get("delta_m"))
 
 
 @dataclass

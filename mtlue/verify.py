@@ -20,7 +20,7 @@ import numpy as np
 
 from mtlue.data.base import Source, check_compatible_tasks
 from mtlue.errors import ConfigError, MtlueError
-from mtlue.metrics import best_value, primary_metric
+from mtlue.metrics import best_value, delta_m, primary_metric
 from mtlue.stages import Stage, fingerprint, read_json
 from mtlue.verdict import NO_DEFENSE, TaskScore, VerdictRules, VictimRow
 
@@ -242,8 +242,16 @@ def train_victim_grid(protected: Source, clean: Source, config: VerifyConfig, vi
         label = config.profile(victim.profile).row_label(victim.weighting)
         rows.append(VictimRow(victim.profile, label, victim.defense, victim.seed, reference.seed,
                               task_scores(protected.tasks, histories[reference.label], histories[victim.label],
-                                          config.rules.binary_metric)))
+                                          config.rules.binary_metric),
+                              delta_m=last_delta_m(histories[reference.label], histories[victim.label])))
     return rows
+
+
+def last_delta_m(clean_history: dict, protected_history: dict) -> float | None:
+    """Δm (%, LibMTL's Δp over every metric of every task) of the protected victim's last epoch against
+    its clean reference's; negative = the protected victim is worse."""
+    value = delta_m(protected_history["epochs"][-1]["test"], clean_history["epochs"][-1]["test"])
+    return None if np.isnan(value) else value
 
 
 def _curve(history: dict, task: str, metric: str) -> list:

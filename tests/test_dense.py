@@ -378,6 +378,8 @@ def test_an_nyuv2_layout_is_protected_and_verified(tmp_path):
     assert result.exit_code in (0, 3, 4), result.output  # PASS / FAIL / INCONCLUSIVE: 1 epoch on 4 images
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert "mean_angle" in json.dumps(report) and "miou" in json.dumps(report)
+    assert isinstance(report["rows"][0]["delta_m"], float)  # against the clean reference, every metric
+    assert "## Δm" in (tmp_path / "report" / "report.md").read_text()
 
 
 @pytest.mark.skipif(not os.environ.get("MTLUE_NYUV2"), reason="set MTLUE_NYUV2 to the preprocessed NYUv2 folder")
