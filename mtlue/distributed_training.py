@@ -87,6 +87,12 @@ class DataParallel:
         """The epoch's summed per-step losses over all ranks (slices of equal size weigh equally)."""
         return self.dist.all_reduce_sum(loss_sum) / self.dist.world_size, steps
 
+    def gather_labels(self, collected: dict) -> dict:
+        """{task: (label arrays, mask arrays)} of every rank (rank order): the epoch's labels, for floors."""
+        parts = self.dist.all_gather_objects(collected)
+        return {task: ([a for part in parts for a in part[task][0]], [m for part in parts for m in part[task][1]])
+                for task in collected}
+
     def record(self) -> dict:
         """What the history (metrics.json) and a manifest record about the parallel run."""
         world = self.dist.world_size

@@ -273,6 +273,8 @@ def train_model(config: TrainConfig, train_data, test_data, tasks, device, out_d
             loss_sum, steps = data_parallel.epoch_losses(loss_sum, steps)
         weighting.end_epoch(loss_sum / max(steps, 1))
         if collected is not None and epoch == 1:
+            if data_parallel is not None:  # each rank saw its slices: the floor needs every rank's labels
+                collected = data_parallel.gather_labels(collected)
             floor_labels = {k: (np.concatenate(v[0]), np.concatenate(v[1]).astype(bool)) for k, v in collected.items()}
             collected = None
         test_metrics, test_labels = evaluate(model, test_loader, tasks, device)
