@@ -332,13 +332,13 @@ def train(data, test_spec, weighting, backbone, epochs, batch_size, lr, optimize
     if not dist.is_main:
         return
     history = result.history
-    click.echo(f"{'task':<22}{'metric':<19}{'chance':>8}{'peak':>8}{'last':>8}")
-    for task in train_source.tasks:
+    click.echo(f"{'task':<22}{'metric':<19}{'chance':>9}{'peak':>9}{'last':>9}")
+    for task in train_source.tasks:  # 9 wide: an angle error reaches 180.0000
         name = task.name
-        click.echo(f"{name:<22}{history['metric'][name]:<19}{history['floor'][name]:>8.4f}"
-                   f"{history['peak'][name]:>8.4f}{history['last'][name]:>8.4f}")
+        click.echo(f"{name:<22}{history['metric'][name]:<19}{history['floor'][name]:>9.4f}"
+                   f"{history['peak'][name]:>9.4f}{history['last'][name]:>9.4f}")
     mean = history["mean"]
-    click.echo(f"{'mean':<41}{mean['floor']:>8.4f}{mean['peak']:>8.4f}{mean['last']:>8.4f}")
+    click.echo(f"{'mean':<41}{mean['floor']:>9.4f}{mean['peak']:>9.4f}{mean['last']:>9.4f}")
     click.echo(f"wrote {out_dir}/metrics.json and {out_dir}/model.pt ({history['wall_seconds']:.0f} s on {torch_device})")
 
 

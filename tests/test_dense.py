@@ -260,6 +260,8 @@ def test_dense_victims_give_full_resolution_outputs_and_train_with_every_weighti
     deeplab = build_model(source.tasks[:3], "resnet18", 3, 32)  # dilated ResNet + ASPP heads
     outputs = deeplab(torch.rand(2, 3, 32, 48))
     assert outputs["segmentation"].shape == (2, 5, 32, 48) and outputs["normal"].shape == (2, 3, 32, 48)
+    for net in (deeplab, model):  # sides that are not multiples of the output stride
+        assert net(torch.rand(2, 3, 30, 42))["depth"].shape == (2, 1, 30, 42)
 
 
 def test_a_short_training_run_learns_every_dense_task_beyond_chance():

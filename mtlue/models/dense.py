@@ -24,7 +24,7 @@ from torch import nn
 
 from mtlue.errors import ConfigError
 
-OUTPUT_STRIDE = 8  # both encoders reduce the input 8×; inputs must be multiples of it
+OUTPUT_STRIDE = 8  # both encoders reduce the input 8×
 CLASS_WIDTH = 256
 DENSE_BACKBONES = ("small_cnn", "resnet18", "resnet50")
 
@@ -115,14 +115,14 @@ class DenseMultiTaskNet(nn.Module):
             for t in self.tasks)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Shared feature map (B, C, H/s, W/s) of images in [0, 1] (H, W multiples of 8)."""
-        if x.shape[-1] % OUTPUT_STRIDE or x.shape[-2] % OUTPUT_STRIDE:
-            raise ConfigError(f"dense victims need image sides that are multiples of {OUTPUT_STRIDE}, "
-                              f"got {tuple(x.shape[-2:])}")
+        """Shared feature map (B, C, ≈H/s, ≈W/s) of images in [0, 1]; remembers H×W for `heads_forward`."""
+        self.output_size = tuple(x.shape[-2:])
         return self.backbone((x - 0.5) / 0.5)
 
     def heads_forward(self, rep: torch.Tensor) -> dict:
-        size = (rep.shape[-2] * self.backbone.scale, rep.shape[-1] * self.backbone.scale)
+        """Outputs at the size of the images `features` saw last (any H×W, not only multiples of 8)."""
+        scale = self.backbone.scale
+        size = getattr(self, "output_size", None) or (rep.shape[-2] * scale, rep.shape[-1] * scale)
         out = {}
         for task, head in zip(self.tasks, self.heads):
             y = head(rep)
