@@ -49,8 +49,12 @@ class DistContext:
             device = torch.device("cuda", local_rank)
             torch.cuda.set_device(device)
             backend = "nccl"
-            dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size,
-                                    timeout=timeout, device_id=device)
+            try:  # device_id (torch >= 2.3) forms the communicator now, so a bad GPU fails at start-up
+                dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size,
+                                        timeout=timeout, device_id=device)
+            except TypeError:
+                dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size,
+                                        timeout=timeout)
         else:
             backend = "gloo"
             dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size,
@@ -82,6 +86,12 @@ class DistContext:
         return {"world_size": self.world_size, "backend": self.backend or "none"}
 
     # ---- collectives (no-ops for one process) ---------------------------------------------
+
+    def _for_backend(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A contiguous copy the backend can send: nccl sends CUDA tensors only (this rank's GPU)."""
+        if self.backend == "nccl" and tensor.device.type != "cuda":
+            return tensor.detach().to(self.device).contiguous()
+        return tensor.detach().clone().contiguous()
 
     def barrier(self) -> None:
         if self.distributed:
@@ -115,9 +125,9 @@ class DistContext:
             return tensor
         import torch.distributed as dist
 
-        total = tensor.detach().clone()
+        total = self._for_backend(tensor)
         dist.all_reduce(total, op=dist.ReduceOp.SUM)
-        return total
+        return total.to(tensor.device)
 
     def broadcast(self, tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
         """Rank `src`'s tensor on every rank (a new tensor)."""
@@ -125,9 +135,9 @@ class DistContext:
             return tensor
         import torch.distributed as dist
 
-        value = tensor.detach().clone().contiguous()
+        value = self._for_backend(tensor)
         dist.broadcast(value, src=src)
-        return value
+        return value.to(tensor.device)
 
     def all_gather_cat(self, tensor: torch.Tensor) -> torch.Tensor:
         """The ranks' equally sized 1-D tensors concatenated in rank order."""
@@ -135,9 +145,10 @@ class DistContext:
             return tensor
         import torch.distributed as dist
 
-        parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
-        dist.all_gather(parts, tensor.contiguous())
-        return torch.cat(parts)
+        value = self._for_backend(tensor)
+        parts = [torch.empty_like(value) for _ in range(self.world_size)]
+        dist.all_gather(parts, value)
+        return torch.cat(parts).to(tensor.device)
 
     def reduce_scatter_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """Σ over ranks of `tensor` (world_size·m, ...), this rank's block m·rank..m·(rank+1) only.
@@ -148,11 +159,12 @@ class DistContext:
         import torch.distributed as dist
 
         block = tensor.shape[0] // self.world_size
-        out = torch.empty((block,) + tuple(tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+        value = self._for_backend(tensor)
+        out = torch.empty((block,) + tuple(tensor.shape[1:]), dtype=value.dtype, device=value.device)
         scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor  # renamed in torch 2.14
         try:
-            scatter(out, tensor.contiguous(), op=dist.ReduceOp.SUM)
-            return out
+            scatter(out, value, op=dist.ReduceOp.SUM)
+            return out.to(tensor.device)
         except (RuntimeError, NotImplementedError, ValueError):
             total = self.all_reduce_sum(tensor)
             return total[block * self.rank: block * (self.rank + 1)].clone()
