@@ -142,9 +142,10 @@ class GradientWeighting(Weighting):
         else:
             rep.backward((alpha @ flat).view_as(rep))
             reduce_gradients(dist, shared_params, share=1.0)  # Σ_r of each rank's rep.backward
-        for p, g in zip(task_params, head_grads):
-            g = dist.all_reduce_sum(g if g is not None else torch.zeros_like(p))
-            p.grad = g if p.grad is None else p.grad + g
+        if task_params:
+            flat = dist.all_reduce_sum(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
+                                                  for p, g in zip(task_params, head_grads)]))  # one collective
+            write_flat_grad(task_params, flat)
         return alpha.detach()
 
 
