@@ -4,6 +4,8 @@ resumes. Results come back through files."""
 
 import hashlib
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -159,8 +161,12 @@ def test_two_ranks_write_the_shards_one_process_writes_and_a_killed_rank_resumes
     expected = shard_digests(one)
     assert len(expected) == 5
 
-    two = str(tmp_path / "two")
-    run_local_group(protect_ranks, 2, tmp_path, two, generator_path)
+    two = str(tmp_path / "two")  # the command a user runs: torchrun starting `python -m mtlue` twice
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "mtlue", "protect", SPEC, two, "--generator", generator_path, "--batch-size", "16",
+                           "--shard-size", "32", "--quiet"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("protected 160 train samples") == 1  # rank 0 alone reports
     assert shard_digests(two) == expected
     manifest = open(os.path.join(two, "manifest.json")).read()
     assert '"world_size": 2' in manifest and "shard_id % world_size" in manifest
