@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from mtlue.data.base import Batch, batch_tensors, item_tensors
-from mtlue.distributed_training import DataParallel, broadcast_module
+from mtlue.distributed_training import DataParallel
 from mtlue.errors import ConfigError
 from mtlue.models.generator import build_generator, load_generator, resolve_stem, save_generator
 from mtlue.models.mtl import atomic_torch_save, checkpoint_errors, load_torch_file
@@ -102,6 +102,7 @@ class MTLUEMethod(ProtectionMethod):
         self.regulariser_scale = None  # surrogates the regulariser is added for (SEP: ensemble size)
         self.parallel = None  # mtlue.distributed_training.DataParallel while training under torchrun
         self.parallel_record = None  # its world size, global / per-rank batch, BatchNorm sync mode
+        self.surrogate_parallel = None  # the same for EM's trained surrogate
         self.robust = None  # RobustEOT: the defenses drawn in the generator's loop (--robust), None without
 
     # -- preparation ------------------------------------------------------------------------
@@ -180,6 +181,9 @@ class MTLUEMethod(ProtectionMethod):
         optimiser = torch.optim.Adam(generator.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimiser, cfg.scaled_milestones(), cfg.gamma)
         surrogates, surrogate_optimiser = self._surrogates(context)
+        # EM's trained surrogate: data-parallel too (its BatchNorm on global-batch statistics)
+        self.surrogate_parallel = (DataParallel.of(context.dist, surrogates[0], None, self.config.batch_size)
+                                   if surrogate_optimiser is not None else None)
         self.regulariser_scale = len(surrogates)
         kind, shape = resolve_augment(cfg.augment, context.tasks), context.source.image_shape
         augment = (LabelAwareEOT(kind, shape, context.tasks) if has_dense_tasks(context.tasks)
@@ -269,10 +273,7 @@ class MTLUEMethod(ProtectionMethod):
             record["base_loss"] = float(self.parallel.dist.all_reduce_sum(torch.tensor(record["base_loss"]))) / \
                 self.parallel.dist.world_size
         if surrogate_optimiser is not None:
-            # every rank runs EM's surrogate steps on the whole split (as one process), then takes rank 0's
             self._train_surrogate_steps(generator, surrogates[0], surrogate_optimiser, augment, iteration)
-            if self.parallel is not None:
-                broadcast_module(self.parallel.dist, surrogates[0])
             error = self._poisoned_error(generator, surrogates[0])
             record["poisoned_train_error"] = error
             record["stop"] = error <= cfg.stop_error
@@ -324,7 +325,9 @@ class MTLUEMethod(ProtectionMethod):
         if cfg.surrogate_restart:
             restart_surrogate(context, model, optimiser, self.config.seed * 100003 + iteration + 7919)
 
-        train_on_poisoned(model, optimiser, loader, poison, context.tasks, self._surrogate_step_count(), context.device)
+        parallel = {"parallel": self.surrogate_parallel} if self.surrogate_parallel is not None else {}
+        train_on_poisoned(model, optimiser, loader, poison, context.tasks, self._surrogate_step_count(), context.device,
+                          **parallel)
 
     def _surrogate_step_count(self) -> int:
         """--surrogate-steps, or 0: one pass over the samples an outer iteration's generator steps saw."""
@@ -340,12 +343,21 @@ class MTLUEMethod(ProtectionMethod):
         model.eval()
         errors, count = PoisonedError(context.tasks, self.protected), 0
         limit = cfg.samples_per_epoch or context.num_samples  # a CPU-sized run tests a prefix of the split
-        for batch in context.batches(max(self.config.batch_size, 256)):
+        dist = self.parallel.dist if self.parallel is not None else None
+        for position, batch in enumerate(context.batches(max(self.config.batch_size, 256))):
             if count >= limit:
                 break
+            count += len(batch)
+            if dist is not None and position % dist.world_size != dist.rank:
+                continue  # under torchrun each rank tests every world_size-th batch; the counts are summed
             x, labels, masks = batch_tensors(batch, device)
             errors.add(model(self._poison(x, generator(x, labels, masks, self.protected))), labels, masks)
-            count += len(batch)
+        if dist is not None:
+            names = list(errors.wrong)
+            totals = dist.all_reduce_sum(torch.tensor([float(errors.wrong[n]) for n in names] +
+                                                      [float(errors.count[n]) for n in names], dtype=torch.float64))
+            errors.wrong = dict(zip(names, totals[:len(names)].tolist()))
+            errors.count = dict(zip(names, totals[len(names):].tolist()))
         return errors.worst()
 
     # -- emitting δ -------------------------------------------------------------------------

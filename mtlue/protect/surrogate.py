@@ -84,11 +84,15 @@ def restart_surrogate(context, model: torch.nn.Module, optimiser: torch.optim.Op
     optimiser.state.clear()
 
 
-def train_on_poisoned(model, optimiser, loader, poison, tasks, steps: int, device) -> None:
+def train_on_poisoned(model, optimiser, loader, poison, tasks, steps: int, device, parallel=None) -> None:
     """EM's alternating surrogate update: `steps` Adam mini-batches of Σ_t ℓ_t(F(x'), y_t) on poisoned
     x' = poison(x, labels, masks, index) (no gradient to δ), gradient norm clipped to 5.0 (Huang et al.
     2021, as the MTL-UE reference runs it). `poison` may return (x', labels') when it moves dense label
-    maps with the image (mtlue.protect.dense_eot). Leaves the model frozen (see `freeze`)."""
+    maps with the image (mtlue.protect.dense_eot). Leaves the model frozen (see `freeze`).
+    Under torchrun (`parallel`, mtlue.distributed_training.DataParallel of `model`) each rank trains on its
+    slice of every global batch and the gradients are averaged before the clip."""
+    if parallel is not None:
+        loader = parallel.loader(loader)
     model.train()
     for p in model.parameters():
         p.requires_grad_(True)
@@ -102,7 +106,11 @@ def train_on_poisoned(model, optimiser, loader, poison, tasks, steps: int, devic
             poisoned, labels = poisoned
         loss = task_losses(tasks, model(poisoned), labels, masks).sum()
         optimiser.zero_grad(set_to_none=True)
+        if parallel is not None:
+            parallel.before_backward(len(x))
         loss.backward()
+        if parallel is not None:
+            parallel.after_backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), SURROGATE_GRAD_CLIP)
         optimiser.step()
     freeze(model)
