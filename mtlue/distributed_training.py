@@ -50,6 +50,7 @@ class DataParallel:
                               f"process ({dist.world_size} processes)")
         self.dist, self.model, self.weighting, self.global_batch = dist, model, weighting, int(global_batch)
         self.share = 1.0
+        self.rows = (0, 0, 0)  # this step's slice: first row, end row, global batch size
         self.bn_sync = "global" if use_global_batch_norm(model, self) else "none"
         broadcast_module(dist, model)  # the same start on every rank, whatever each initialised
         if weighting is not None:
@@ -70,11 +71,31 @@ class DataParallel:
             persistent_workers=loader.persistent_workers, collate_fn=loader.collate_fn)
 
     def before_backward(self, local_count: int) -> None:
-        """This step's share n_r / N (the last, smaller global batch too)."""
+        """This step's share n_r / N (the last, smaller global batch too) and the slice's rows in the batch."""
         counts = self.dist.all_reduce_sum(torch.tensor([float(local_count)], dtype=torch.float64))
-        self.share = local_count / float(counts[0])
+        total = int(counts[0])
+        self.share = local_count / float(total)
+        start = total * self.dist.rank // self.dist.world_size  # RankSlice's rule
+        self.rows = (start, start + local_count, total)
         if self.weighting is not None:
             self.weighting.share = self.share
+
+    def on_global_batch(self, fn, x: torch.Tensor, labels: dict):
+        """`fn(x, labels) -> (x', labels')` applied to this step's whole global batch, with this rank's
+        rows in place and zeros elsewhere, then sliced back: random draws per sample (a crop, a flip)
+        are then those one process makes for these samples. Call `before_backward` first."""
+        start, stop, total = self.rows
+
+        def place(t):
+            if not torch.is_tensor(t) or t.shape[:1] != x.shape[:1]:
+                return t
+            return torch.cat([t.new_zeros((start,) + t.shape[1:]), t, t.new_zeros((total - stop,) + t.shape[1:])])
+
+        def take(t):
+            return t[start:stop] if torch.is_tensor(t) and t.shape[:1] == (total,) else t
+
+        out, out_labels = fn(place(x), {k: place(v) for k, v in labels.items()})
+        return take(out), {k: take(v) for k, v in out_labels.items()}
 
     def after_backward(self) -> None:
         """Average the gradients of loss-based weightings (gradient-based ones combined them already)."""

@@ -70,8 +70,11 @@ def make_augment(kind: str, image_shape):
     return torch.nn.Sequential(*steps)
 
 
-def augmented(augment, x: torch.Tensor, labels: dict) -> tuple[torch.Tensor, dict]:
-    """(aug(x), labels) for the image-only EOT; the label-aware one moves dense label maps along."""
+def augmented(augment, x: torch.Tensor, labels: dict, parallel=None) -> tuple[torch.Tensor, dict]:
+    """(aug(x), labels) for the image-only EOT; the label-aware one moves dense label maps along.
+    Under torchrun (`parallel`) the random draws are those of the whole global batch, as in one process."""
+    if parallel is not None:
+        return parallel.on_global_batch(lambda xs, ls: augmented(augment, xs, ls), x, labels)
     if isinstance(augment, LabelAwareEOT):
         return augment(x, labels)
     return augment(x), labels
@@ -255,10 +258,10 @@ class MTLUEMethod(ProtectionMethod):
         batches = 0
         for items in loader:
             x, labels, masks = item_tensors(items, device)
+            if self.parallel is not None:
+                self.parallel.before_backward(len(x))  # the step's share and this slice's place in the batch
             loss, loss_b, tables = self._generator_objective(generator, x, labels, masks, surrogates, augment)
             optimiser.zero_grad(set_to_none=True)
-            if self.parallel is not None:
-                self.parallel.before_backward(len(x))
             loss.backward()
             if self.parallel is not None:
                 self.parallel.after_backward()
@@ -289,7 +292,7 @@ class MTLUEMethod(ProtectionMethod):
         cfg = self.settings
         delta = generator(x, labels, masks, self.protected)
         if self.robust is None:
-            poisoned, targets = augmented(augment, self._poison(x, delta), labels)
+            poisoned, targets = augmented(augment, self._poison(x, delta), labels, self.parallel)
             loss_b = sum(base_loss(cfg.base, self.context.tasks, model(poisoned), targets, masks, "total",
                                    self.protected) for model in surrogates)
         else:  # one defense draw per surrogate, scored on its (mixed) labels as the victim's loss is
@@ -317,7 +320,8 @@ class MTLUEMethod(ProtectionMethod):
 
         def poison(x, labels, masks, index):
             poisoned = self._poison(x, generator(x, labels, masks, self.protected))
-            return augmented(augment, poisoned if self.robust is None else self.robust.images(poisoned), labels)
+            return augmented(augment, poisoned if self.robust is None else self.robust.images(poisoned), labels,
+                             self.surrogate_parallel)
 
         if self.robust is not None:
             self.robust.reseed(self.config.seed * 100003 + iteration + 65537)

@@ -100,14 +100,14 @@ def train_on_poisoned(model, optimiser, loader, poison, tasks, steps: int, devic
         if step >= steps:
             break
         x, labels, masks = item_tensors(items, device)
+        if parallel is not None:
+            parallel.before_backward(len(x))  # the step's share and this slice's place in the batch
         with torch.no_grad():
             poisoned = poison(x, labels, masks, items["index"])
         if isinstance(poisoned, tuple):
             poisoned, labels = poisoned
         loss = task_losses(tasks, model(poisoned), labels, masks).sum()
         optimiser.zero_grad(set_to_none=True)
-        if parallel is not None:
-            parallel.before_backward(len(x))
         loss.backward()
         if parallel is not None:
             parallel.after_backward()
