@@ -244,10 +244,14 @@ def train_model(config: TrainConfig, train_data, test_data, tasks, device, out_d
                         continue
                     collected[t.name][0].append(batch["labels"][t.name].numpy())
                     collected[t.name][1].append(batch["masks"][t.name].numpy())
+            if data_parallel is not None:  # the step's share and slice: augmentation draws for the global batch
+                data_parallel.before_backward(len(images))
             if moves_labels:
-                images, labels = augment(images, labels)
+                images, labels = (augment(images, labels) if data_parallel is None else
+                                  data_parallel.on_global_batch(augment, images, labels))
             else:
-                images = augment(images)
+                images = (augment(images) if data_parallel is None else
+                          data_parallel.on_global_batch(lambda xs, ls: (augment(xs), ls), images, {})[0])
             targets = [(1.0, labels)]
             if defense is not None:
                 images, targets = defense(images, labels, masks, model)
@@ -257,8 +261,6 @@ def train_model(config: TrainConfig, train_data, test_data, tasks, device, out_d
             losses = _defended_losses(tasks, outputs, targets, masks)
             if not torch.isfinite(losses).all():
                 raise ConfigError(f"epoch {epoch}: non-finite task loss {losses.tolist()} (lower --lr?)")
-            if data_parallel is not None:
-                data_parallel.before_backward(len(images))
             weighting.backward(losses, model, rep)
             if data_parallel is not None:
                 data_parallel.after_backward()
