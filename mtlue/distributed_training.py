@@ -13,6 +13,8 @@ the samples, their order and the number of optimiser steps are those of one proc
 - BatchNorm in train mode uses the global batch's statistics (`GlobalBatchNorm`, on CPU and CUDA;
   torch's SyncBatchNorm runs on GPUs only and assumes equal slices), so a model with BatchNorm
   trains as in one process too (`bn_sync = "global"`, recorded in the history and the manifest).
+- Random augmentation is drawn for the whole global batch (`on_global_batch`): the same per-sample
+  draws from the same seeded generator as one process.
 """
 
 from __future__ import annotations
@@ -70,8 +72,9 @@ class DataParallel:
             num_workers=loader.num_workers, generator=loader.generator,
             persistent_workers=loader.persistent_workers, collate_fn=loader.collate_fn)
 
-    def before_backward(self, local_count: int) -> None:
-        """This step's share n_r / N (the last, smaller global batch too) and the slice's rows in the batch."""
+    def begin_step(self, local_count: int) -> None:
+        """At the start of each step (before the forward): the share n_r / N (the last, smaller global batch
+        too) and this slice's rows in the global batch."""
         counts = self.dist.all_reduce_sum(torch.tensor([float(local_count)], dtype=torch.float64))
         total = int(counts[0])
         self.share = local_count / float(total)
@@ -83,7 +86,7 @@ class DataParallel:
     def on_global_batch(self, fn, x: torch.Tensor, labels: dict):
         """`fn(x, labels) -> (x', labels')` applied to this step's whole global batch, with this rank's
         rows in place and zeros elsewhere, then sliced back: random draws per sample (a crop, a flip)
-        are then those one process makes for these samples. Call `before_backward` first."""
+        are then those one process makes for these samples. After `begin_step`."""
         start, stop, total = self.rows
 
         def place(t):

@@ -245,7 +245,7 @@ def train_model(config: TrainConfig, train_data, test_data, tasks, device, out_d
                     collected[t.name][0].append(batch["labels"][t.name].numpy())
                     collected[t.name][1].append(batch["masks"][t.name].numpy())
             if data_parallel is not None:  # the step's share and slice: augmentation draws for the global batch
-                data_parallel.before_backward(len(images))
+                data_parallel.begin_step(len(images))
             if moves_labels:
                 images, labels = (augment(images, labels) if data_parallel is None else
                                   data_parallel.on_global_batch(augment, images, labels))

@@ -73,7 +73,7 @@ def _weighting_steps(dist, out_dir, steps, batch):
             outputs = model.heads_forward(rep)
             losses = torch.stack([((out[:, 0] - y[step, lo:hi, k]) ** 2).mean() for k, out in enumerate(outputs)])
             if parallel is not None:
-                parallel.before_backward(hi - lo)
+                parallel.begin_step(hi - lo)
             alphas.append(weighting.backward(losses, model, rep))
             if parallel is not None:
                 parallel.after_backward()

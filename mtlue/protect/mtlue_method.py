@@ -259,7 +259,7 @@ class MTLUEMethod(ProtectionMethod):
         for items in loader:
             x, labels, masks = item_tensors(items, device)
             if self.parallel is not None:
-                self.parallel.before_backward(len(x))  # the step's share and this slice's place in the batch
+                self.parallel.begin_step(len(x))  # the step's share and this slice's place in the batch
             loss, loss_b, tables = self._generator_objective(generator, x, labels, masks, surrogates, augment)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()

@@ -101,7 +101,7 @@ def train_on_poisoned(model, optimiser, loader, poison, tasks, steps: int, devic
             break
         x, labels, masks = item_tensors(items, device)
         if parallel is not None:
-            parallel.before_backward(len(x))  # the step's share and this slice's place in the batch
+            parallel.begin_step(len(x))  # the step's share and this slice's place in the batch
         with torch.no_grad():
             poisoned = poison(x, labels, masks, items["index"])
         if isinstance(poisoned, tuple):
