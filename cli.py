@@ -150,6 +150,7 @@ def inspect_store(store, verify):
         click.echo(f"  {key:<22} {_short_value(value)}")
     if info["verification"]:
         click.echo(f"verification {_short_value(info['verification'])}")
+    _echo_guidance(protection, info["verification"])
     click.echo("")
     click.echo(f"{'split':<10}{'samples':>10}{'shards':>8}{'MiB':>10}")
     for split, s in info["splits"].items():
@@ -186,10 +187,22 @@ def _inspect_release(path: str, verify: bool) -> None:
         click.echo(f"  {key:<22} {_short_value(value)}")
     verification = release.release.get("verification")
     click.echo(f"verification {_short_value(verification) if verification else 'none: run mtlue verify'}")
+    _echo_guidance(protection, verification)
     for split in release.splits():
         click.echo(f"{split:<10}{release.size(split):>10} samples")
     if summary is not None:
         click.echo(f"\nverified     {summary['files']} files OK (SHA256SUMS)")
+
+
+def _echo_guidance(protection, verification) -> None:
+    """The publication paths that keep (or cost) this protection (mtlue.release.guidance)."""
+    from mtlue.release.guidance import publication_guidance
+
+    lines = publication_guidance(protection, verification)
+    if lines:
+        click.echo("publishing")
+        for line in lines:
+            click.echo(f"  - {line}")
 
 
 def _short_value(value, width: int = 72) -> str:
