@@ -156,3 +156,14 @@ def test_a_robust_protect_run_records_its_defenses_and_differs_from_a_plain_one(
     assert robust["robust"] == ["jpeg", "gray", "erase"] and robust["config"]["robust"] == ["jpeg", "gray", "erase"]
     assert robust["robust_rules"]["jpeg_quality"][0] == 10
     assert plain["generator_sha256"] != robust["generator_sha256"] == again["generator_sha256"]  # seeded
+
+
+def test_publication_guidance_quotes_this_stores_measured_jpeg_row_and_says_png_keeps_it():
+    from mtlue.release.guidance import publication_guidance
+
+    assert publication_guidance(None, None) == []
+    verification = {"groups": [{"profile": "plain", "weighting": "ew", "defense": "none", "worst_learnability": 0.1},
+                               {"profile": "plain", "weighting": "ew", "defense": "jpeg10", "worst_learnability": 0.36}]}
+    lines = publication_guidance({"method": "mtlue", "robust": []}, verification)
+    assert "PNG" in lines[0] and "jpeg10 retains 0.36 (plain/ew)" in lines[1]
+    assert "did not train through JPEG" in publication_guidance({"method": "mtlue", "robust": []}, None)[1]
