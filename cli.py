@@ -538,7 +538,9 @@ def attack(model_path, data, objective, attack_name, epsilon, alpha, steps, batc
     """Attack a trained MODEL on the test split of DATA; print clean vs adversarial metrics per task.
 
     MODEL is a checkpoint written by `mtlue train`; DATA a SOURCE spec or store. Reports per task the
-    clean and adversarial accuracy (MAE for regression), the relative change and its mean over tasks.
+    clean and adversarial accuracy (MAE for regression; for dense tasks mIoU, depth abs error and mean
+    normal angle over all valid pixels, every dense metric in --out), the relative change and its mean
+    over tasks.
     """
 
     from mtlue.attacks import build_attack
