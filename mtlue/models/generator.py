@@ -146,40 +146,32 @@ class UEGenerator(nn.Module):
         task's mean embedding), each dense task's label-map embedding."""
         masks = masks or {}
         maps = []
-        lookups, dense = iter(zip(self.class_tasks, self.embeddings)), iter(self.label_maps)
+        lookups, dense = iter(self.embeddings), iter(self.label_maps)
         for task in self.tasks:
             if task.is_dense:
-                maps.append(self._dense_prior(next(dense), labels, masks, protected, batch_size))
-                continue
-            if not task.is_classification:
-                continue
-            task, table = next(lookups)
-            weight = table.weight
-            mean = weight.mean(0, keepdim=True).expand(batch_size, -1)
-            if protected is not None and task.name not in protected:
-                chosen = mean
-            else:
-                label = labels[task.name].reshape(-1).long().clamp(0, task.num_classes - 1)
-                # one-hot product, not weight[label]: the indexing backward sums rows in a
-                # thread-dependent order on CPU, which made generator runs differ bit-wise
-                chosen = F.one_hot(label, task.num_classes).to(weight.dtype) @ weight
-                mask = masks.get(task.name)
-                if mask is not None:
-                    chosen = torch.where(mask.reshape(-1, 1).bool(), chosen, mean)
-            maps.append(chosen.reshape(batch_size, EMBED_CHANNELS, *self.spatial))
+                module = next(dense)
+                unprotected = protected is not None and task.name not in protected
+                maps.append(module.unknown(batch_size) if unprotected else
+                            module(labels[task.name], masks.get(task.name)))
+            elif task.is_classification:
+                maps.append(self._class_prior(task, next(lookups).weight, labels, masks, protected, batch_size))
         return torch.cat(maps, 1) if maps else None
 
-    def _dense_prior(self, module, labels: dict, masks: dict, protected, batch_size: int) -> torch.Tensor:
-        """E^k(y^k) of one dense task; all-invalid input where it is not protected or its label is missing."""
-        task = module.task
-        weight = module.body[0].weight
+    def _class_prior(self, task, weight, labels: dict, masks: dict, protected, batch_size: int) -> torch.Tensor:
+        """e^k_{y^k} of one classification task, reshaped to 16×S×S; the task's mean embedding where it is
+        not protected or its label is missing."""
+        mean = weight.mean(0, keepdim=True).expand(batch_size, -1)
         if protected is not None and task.name not in protected:
-            present = torch.zeros(batch_size, dtype=torch.bool, device=weight.device)
-            label = labels.get(task.name)
-            if label is None:  # nothing to read: any map of the right rank, encoded all invalid
-                label = weight.new_zeros((batch_size,) + ((1, 1) if task.kind == "segmentation" else (1, 1, 1)))
-            return module(label, present)
-        return module(labels[task.name], masks.get(task.name))
+            chosen = mean
+        else:
+            label = labels[task.name].reshape(-1).long().clamp(0, task.num_classes - 1)
+            # one-hot product, not weight[label]: the indexing backward sums rows in a
+            # thread-dependent order on CPU, which made generator runs differ bit-wise
+            chosen = F.one_hot(label, task.num_classes).to(weight.dtype) @ weight
+            mask = masks.get(task.name)
+            if mask is not None:
+                chosen = torch.where(mask.reshape(-1, 1).bool(), chosen, mean)
+        return chosen.reshape(batch_size, EMBED_CHANNELS, *self.spatial)
 
     def forward(self, x: torch.Tensor, labels: dict, masks: dict | None = None, protected=None) -> torch.Tensor:
         z = self.encoder(x)

@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mtlue.data.base import TaskSpec
-from mtlue.data.dense import valid_pixels
+from mtlue.data.dense import INVALID, valid_pixels
 
 HIDDEN_CHANNELS = 32
 
@@ -87,6 +87,13 @@ class LabelMapEmbedding(nn.Module):
         dtype = self.body[0].weight.dtype
         encoded = encode_label_map(self.task, label, present, dtype)
         return self.body(F.adaptive_avg_pool2d(encoded, self.spatial))
+
+    def unknown(self, batch_size: int) -> torch.Tensor:
+        """E^k of an all-invalid map ("nothing known": a task not protected), as `forward` gives for any
+        label with `present` all False, without a label to read."""
+        task = self.task
+        planes = () if task.kind == "segmentation" else (task.output_dim,)  # the label's tensor layout
+        return self(self.body[0].weight.new_full((batch_size,) + planes + self.spatial, INVALID[task.kind]))
 
 
 __all__ = ["LabelMapEmbedding", "encode_label_map", "encoded_channels"]
