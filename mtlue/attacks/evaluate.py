@@ -25,7 +25,7 @@ def metric_name(task) -> str:
 
 
 def higher_is_better(task) -> bool:
-    return HIGHER_IS_BETTER[primary_metric(task)] if task.is_dense else task.is_classification
+    return HIGHER_IS_BETTER[metric_name(task)]
 
 
 class MetricSums:
@@ -56,9 +56,8 @@ class MetricSums:
 
     def values(self) -> dict:
         """{task: its `metric_name` value}."""
-        out = {name: (self.total[name] / self.count[name] if self.count[name] else float("nan")) for name in self.total}
-        out.update({t.name: self.dense[t.name].values()[metric_name(t)] for t in self.tasks if t.is_dense})
-        return out
+        return {t.name: self.dense[t.name].values()[metric_name(t)] if t.is_dense else
+                (self.total[t.name] / self.count[t.name] if self.count[t.name] else float("nan")) for t in self.tasks}
 
     def all_values(self, name: str) -> dict:
         """Every metric of one dense task ({} for other tasks, whose report has one metric)."""
