@@ -119,8 +119,8 @@ def train_on_poisoned(model, optimiser, loader, poison, tasks, steps: int, devic
 class PoisonedError:
     """EM's stop statistic over batches: per protected classification task, the surrogate's error
     against the true labels (missing labels skipped); per protected dense task, the share of valid
-    pixels it misses (`dense_misses`, DENSE_ERROR_RULES); `worst()`, the largest of them, is at most
-    stop_error exactly when every task is."""
+    pixels it misses (DENSE_ERROR_RULES); `worst()`, the largest of them, is at most stop_error exactly
+    when every task is (`misses`)."""
 
     def __init__(self, tasks, task_names):
         self.tasks = tuple(t for t in tasks if (t.is_classification or t.is_dense) and t.name in task_names)
@@ -130,31 +130,27 @@ class PoisonedError:
     def add(self, outputs: dict, labels: dict, masks: dict | None = None) -> None:
         masks = masks or {}
         for task in self.tasks:
-            if task.is_dense:
-                miss, valid = dense_misses(task, outputs[task.name], labels[task.name])
-                mask = masks.get(task.name)
-                if mask is not None:
-                    valid = valid & mask.reshape(-1, 1, 1).bool()
-                self.wrong[task.name] += int((miss & valid).sum())
-                self.count[task.name] += int(valid.sum())
-                continue
-            miss = predictions(task, outputs[task.name]) != labels[task.name].reshape(-1).long()
+            miss, valid = misses(task, outputs[task.name], labels[task.name])
             mask = masks.get(task.name)
-            mask = torch.ones_like(miss) if mask is None else mask.reshape(-1).bool()
-            self.wrong[task.name] += int((miss & mask).sum())
-            self.count[task.name] += int(mask.sum())
+            if mask is not None:  # a missing label: none of its sample's pixels count
+                valid = valid & mask.reshape((-1,) + (1,) * (valid.dim() - 1)).bool()
+            self.wrong[task.name] += int((miss & valid).sum())
+            self.count[task.name] += int(valid.sum())
 
     def worst(self) -> float:
         errors = [self.wrong[name] / self.count[name] for name in self.wrong if self.count[name]]
         return max(errors) if errors else 0.0
 
 
-def dense_misses(task, output: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(miss, valid), both bool (B,H,W), of one dense task: a wrong class; a depth off by a ratio of
-    DEPTH_RATIO_HIT or more; a normal NORMAL_ANGLE_HIT degrees or more off."""
+def misses(task, output: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(miss, valid), both bool ((B,) or (B,H,W)), of one task: a wrong class; a depth off by a ratio of
+    DEPTH_RATIO_HIT or more; a normal NORMAL_ANGLE_HIT degrees or more off; valid: the labelled pixels."""
+    if task.is_classification:
+        miss = predictions(task, output) != label.reshape(-1).long()
+        return miss, torch.ones_like(miss)
     valid = valid_pixels(task, label)
     if task.kind == "segmentation":
-        return output.argmax(1) != label.long(), valid
+        return predictions(task, output) != label.long(), valid
     if task.kind == "depth":
         predicted, truth = output[:, 0].float(), label[:, 0].float()
         ratio = torch.maximum(predicted / truth.clamp_min(1e-12), truth / predicted.clamp_min(1e-12))
