@@ -22,7 +22,8 @@ from mtlue.data.dense import INVALID, hflip_label
 
 
 def dense_flips_allowed(tasks) -> bool:
-    """A label-aware flip keeps every dense label right; image-level labels must be flip-safe themselves."""
+    """A label-aware flip keeps every dense label right; image-level labels must be flip-safe themselves
+    (without dense tasks: `mtlue.augment.flips_allowed` of a non-empty task list)."""
     return all(t.flip_safe for t in tasks if not t.is_dense)
 
 

@@ -46,14 +46,10 @@ REGULARISER_NOTE = ("λ_intra·L_intra + λ_inter·L_inter is added to the base 
 def resolve_augment(kind: str, tasks) -> str:
     """The EOT augmentation in force: `auto` is the attacker's standard augmentation for these tasks,
     random crop plus a horizontal flip when every task's label survives one (mtlue.augment's rule; with
-    dense tasks the label-aware EOT flips their maps along, mtlue.protect.dense_eot)."""
-    from mtlue.augment import flips_allowed
-
+    dense tasks the label-aware EOT flips their maps along, `dense_flips_allowed`)."""
     if kind != "auto":
         return kind
-    if has_dense_tasks(tasks):
-        return "crop_flip" if dense_flips_allowed(tasks) else "crop"
-    return "crop_flip" if flips_allowed(tasks) else "crop"
+    return "crop_flip" if tasks and dense_flips_allowed(tasks) else "crop"
 
 
 def make_augment(kind: str, image_shape):
