@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mtlue.defenses.base import TransformDefense, check_images
+from mtlue.defenses.base import TransformDefense, check_images, uniform
 from mtlue.errors import ConfigError
 
 
@@ -154,8 +154,6 @@ class DifferentiableJPEG(nn.Module):
         self.generator = generator
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        from mtlue.defenses.base import uniform
-
         draw = uniform((images.shape[0],), self.generator, images.device)
         quality = self.low + draw * (self.high - self.low)
         return jpeg_differentiable(images, quality.to(images.dtype))

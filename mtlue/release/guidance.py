@@ -21,13 +21,19 @@ def publication_guidance(protection: dict | None, verification: dict | None) -> 
         return []
     robust = list(protection.get("robust") or [])
     lines = ["lossless PNG (mtlue release, any --format) keeps the stored bytes: the protection holds as verified"]
-    rows = {g["defense"]: g for g in (verification or {}).get("groups", []) if g.get("defense") not in (None, "none")}
-    jpeg_rows = {name: g for name, g in rows.items() if name.startswith("jpeg")}
-    if jpeg_rows:
-        measured = ", ".join(f"{name} retains {g['worst_learnability']:.2f} ({g['profile']}/{g['weighting']})"
-                             for name, g in jpeg_rows.items() if g.get("worst_learnability") is not None)
-        lines.append(f"JPEG re-encoding, measured on this store: {measured} (0 = nothing learnt, 1 = as clean; "
-                     f"protection holds at <= 0.5)")
+    verification = verification or {}
+    rows = {}  # defense -> its worst group (highest retained learnability) over profiles and weightings
+    for g in verification.get("groups", []):
+        if g.get("defense") not in (None, "none") and g.get("worst_learnability") is not None and \
+                g["worst_learnability"] > rows.get(g["defense"], {}).get("worst_learnability", float("-inf")):
+            rows[g["defense"]] = g
+    measured = [f"{name} retains {g['worst_learnability']:.2f} ({g['profile']}/{g['weighting']})"
+                for name, g in rows.items() if name.startswith("jpeg")]
+    if measured:
+        limit = verification.get("rules", {}).get("max_learnability")
+        holds = f"; protection holds at <= {limit:g}, the verdict's limit" if limit is not None else ""
+        lines.append(f"JPEG re-encoding, measured on this store: {', '.join(measured)} (0 = nothing learnt, "
+                     f"1 = as clean{holds})")
     elif "jpeg" in robust:
         lines.append("JPEG re-encoding: the generator trained through JPEG (robust: jpeg), yet the shipped robust "
                      f"recipes measured jpeg10 {MEASURED_JPEG10['robust']} retained: assume JPEG undoes it "
@@ -36,8 +42,7 @@ def publication_guidance(protection: dict | None, verification: dict | None) -> 
         lines.append("JPEG re-encoding costs the protection: this generator did not train through JPEG (plain "
                      f"generators measured jpeg10 {MEASURED_JPEG10['plain']} retained; --robust jpeg did not "
                      "lower it in 8 passes): publish PNG only")
-    others = [f"{name} {g['worst_learnability']:.2f}" for name, g in rows.items()
-              if not name.startswith("jpeg") and g.get("worst_learnability") is not None]
+    others = [f"{name} {g['worst_learnability']:.2f}" for name, g in rows.items() if not name.startswith("jpeg")]
     if others:
         lines.append("other defenses, measured on this store (retained): " + ", ".join(others))
     lines.append("resizing, cropping to another size or posterising re-quantise the pattern: publish at the stored size")
