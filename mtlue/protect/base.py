@@ -43,6 +43,7 @@ class ProtectContext:
         self.split = split
         self._surrogate = None
         self._surrogate_info: dict = {}
+        self._train_mean_depths = None
 
     # -- data -------------------------------------------------------------------------------
     def data_identity(self) -> dict:
@@ -82,6 +83,17 @@ class ProtectContext:
 
     def batches(self, batch_size: int) -> Iterator[Batch]:
         return self.source.batches(self.split, batch_size)
+
+    def train_mean_depths(self) -> dict:
+        """{depth task: mean depth over the valid train pixels} (`mtlue.train.fit_dense_chance`), one label
+        pass per context."""
+        if self._train_mean_depths is None:
+            from mtlue.train import fit_dense_chance
+
+            depth_tasks = [t for t in self.tasks if t.kind == "depth"]
+            fits = fit_dense_chance(self.train_dataset(), depth_tasks, None, 0, self.device) if depth_tasks else {}
+            self._train_mean_depths = {name: float(fit.split_value()[0]) for name, fit in fits.items()}
+        return self._train_mean_depths
 
     def iteration_done(self, iteration: int) -> None:
         if self.on_iteration is not None:

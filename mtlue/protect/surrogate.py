@@ -56,24 +56,12 @@ def fresh_surrogate(context, seed: int) -> tuple[torch.nn.Module, torch.optim.Op
     height, _, channels = context.source.image_shape
     torch.manual_seed(seed)
     model = build_model(context.tasks, settings.backbone, in_channels=channels, image_size=height).to(context.device)
-    depths = train_mean_depths(context)
+    depths = context.train_mean_depths()
     if depths:
         from mtlue.models.dense import start_depth_heads
 
         start_depth_heads(model, depths)
     return model, torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-
-
-def train_mean_depths(context) -> dict:
-    """{depth task: mean depth over the valid train pixels}, one label pass per context (cached on it)."""
-    cached = getattr(context, "_train_mean_depths", None)
-    if cached is None:
-        from mtlue.train import fit_dense_chance
-
-        depth_tasks = [t for t in context.tasks if t.kind == "depth"]
-        fits = fit_dense_chance(context.train_dataset(), depth_tasks, None, 0, context.device) if depth_tasks else {}
-        cached = context._train_mean_depths = {name: float(fit.split_value()[0]) for name, fit in fits.items()}
-    return cached
 
 
 def restart_surrogate(context, model: torch.nn.Module, optimiser: torch.optim.Optimizer, seed: int) -> None:
