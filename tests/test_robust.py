@@ -130,7 +130,7 @@ def test_every_robust_draw_keeps_shapes_and_passes_gradient_to_the_poisoned_imag
     seen = set()
     for seed in range(40):
         eot.reseed(seed)
-        choice = eot._draw(eot._choices())  # the draw the call below makes
+        choice = eot._draw(eot.choices)  # the draw the call below makes
         eot.reseed(seed)
         x = images().requires_grad_(True)
         out, targets = eot(x, labels, masks, model)
@@ -167,3 +167,46 @@ def test_publication_guidance_quotes_this_stores_measured_jpeg_row_and_says_png_
     lines = publication_guidance({"method": "mtlue", "robust": []}, verification)
     assert "PNG" in lines[0] and "jpeg10 retains 0.36 (plain/ew)" in lines[1]
     assert "did not train through JPEG" in publication_guidance({"method": "mtlue", "robust": []}, None)[1]
+
+
+def test_publication_guidance_quotes_the_worst_jpeg_group_and_the_verdicts_own_limit():
+    from mtlue.release.guidance import publication_guidance
+
+    groups = [{"profile": "plain", "weighting": w, "defense": "jpeg10", "worst_learnability": v}
+              for w, v in (("uw", 0.7), ("ew", 0.3))]
+    lines = publication_guidance({"method": "mtlue"}, {"groups": groups, "rules": {"max_learnability": 0.2}})
+    assert "jpeg10 retains 0.70 (plain/uw)" in lines[1] and "holds at <= 0.2" in lines[1]
+
+
+# -- dense label maps ---------------------------------------------------------------------------
+DENSE_TASKS = (TaskSpec("seg", "segmentation", 3), TaskSpec("objects", "multiclass", 4))
+
+
+def test_cutmix_pastes_dense_label_maps_with_its_box_and_weights_image_labels_by_area():
+    from mtlue.defenses.mixing import cutmix
+
+    x = images(batch=6, size=16)
+    seg = torch.randint(0, 3, (6, 16, 16), generator=torch.Generator().manual_seed(1))
+    labels = {"seg": seg, "objects": torch.arange(6) % 4}
+    masks = {name: torch.ones(6, dtype=torch.bool) for name in labels}
+    masks["seg"][0] = False
+    mixed, targets = build_defense("cutmix", DENSE_TASKS, generator=torch.Generator().manual_seed(2))(x, labels, masks, None)
+    _, perm, area = cutmix(x, 1.0, torch.Generator().manual_seed(2))  # the same draw
+    box = (mixed != x).any(dim=1).any(dim=0)  # where the images were pasted (H, W)
+    (lam, kept, kept_masks), (rest, pasted, pasted_masks) = targets
+    assert lam == area and rest == pytest.approx(1.0 - area) and 0 < box.sum() < 16 * 16
+    assert torch.equal(kept["objects"], labels["objects"]) and torch.equal(pasted["objects"], labels["objects"][perm])
+    assert torch.equal(kept["seg"], torch.where(box, seg[perm], seg)) and torch.equal(pasted["seg"], kept["seg"])
+    assert torch.equal(kept_masks["seg"], masks["seg"] & masks["seg"][perm]) and torch.equal(pasted_masks["seg"],
+                                                                                              kept_masks["seg"])
+
+
+def test_ueraser_lite_is_refused_for_dense_tasks_by_the_defense_and_by_robust_erase():
+    from mtlue.protect.robust import check_robust_for
+
+    with pytest.raises(ConfigError, match=r"--defense ueraser_lite: its random affine .* task 'seg' \(segmentation\)"):
+        build_defense("ueraser", DENSE_TASKS)
+    assert build_defense("ueraser_lite", TASKS) is not None
+    with pytest.raises(ConfigError, match=r"--robust erase: its ueraser_lite .* task 'seg'"):
+        check_robust_for(("erase",), 3, DENSE_TASKS)
+    check_robust_for(("jpeg", "at"), 3, DENSE_TASKS)

@@ -21,12 +21,14 @@ from mtlue.errors import ConfigError
 class Entry(NamedTuple):
     """One registered defense: `factory` ("module:callable" in mtlue.defenses, None for no defense) builds
     the hook as ``factory(generator=...)``, or ``factory(value, generator=...)`` when the name carries a
-    number (`parameter` = (low, high, default, what it is), e.g. jpeg<q>); `aliases` are other spellings."""
+    number (`parameter` = (low, high, default, what it is), e.g. jpeg<q>); `aliases` are other spellings;
+    `not_dense` says why the defense cannot train tasks with dense label maps (None: it can)."""
 
     factory: str | None
     help: str
     parameter: tuple | None = None
     aliases: tuple = ()
+    not_dense: str | None = None
 
 
 # name (pattern) -> Entry. Adding a defense is one file in this package and one line here.
@@ -40,9 +42,11 @@ DEFENSES = {
     "cutout": Entry("occlusion:cutout_defense", "zero one square per image, side half the shorter image side "
                     "(16 px at 32 px)"),
     "mixup": Entry("mixing:MixUp", "mixup, one λ ~ Beta(1, 1) per batch, labels weighted λ / 1 − λ"),
-    "cutmix": Entry("mixing:CutMix", "cutmix, one box per batch, labels weighted by pixel area"),
+    "cutmix": Entry("mixing:CutMix", "cutmix, one box per batch, labels weighted by pixel area (dense label maps "
+                    "pasted with the box)"),
     "ueraser_lite": Entry("ueraser:ueraser_lite_defense", "UEraser-lite kornia chain: plasma brightness/contrast, "
-                          "channel shuffle, affine, erasing", aliases=("ueraser-lite", "ueraser")),
+                          "channel shuffle, affine, erasing (image-level tasks only)", aliases=("ueraser-lite", "ueraser"),
+                          not_dense="its random affine moves the image but not the dense label maps"),
     "at": Entry("adversarial:AdversarialTraining", "PGD adversarial training, ε 8/255, step 2/255, 10 steps, "
                 "random start, objective total"),
 }
@@ -90,12 +94,16 @@ def canonical_defense_name(name: str | None) -> str:
 def build_defense(name: str | None, tasks=None, generator=None):
     """The training hook for `name` (None for 'none'); `generator` seeds its random choices.
 
-    `tasks` (TaskSpec tuple) is accepted for defenses that need the task list; the current ones
-    work with any task kinds. Raises ConfigError naming the option and the valid names.
+    `tasks` (TaskSpec tuple) lets a defense that cannot train dense tasks refuse them. Raises
+    ConfigError naming the option and the valid names, or the defense and the dense task it cannot train.
     """
-    _, entry, value = _lookup(name)
+    key, entry, value = _lookup(name)
     if entry.factory is None:
         return None
+    dense = [t for t in tasks or () if t.is_dense]
+    if dense and entry.not_dense:
+        raise ConfigError(f"--defense {key}: {entry.not_dense} of task {dense[0].name!r} ({dense[0].kind}); "
+                          "use a defense that keeps label maps aligned for dense tasks")
     module_name, attribute = entry.factory.split(":")
     factory = getattr(importlib.import_module(f"mtlue.defenses.{module_name}"), attribute)
     return factory(generator=generator) if value is None else factory(value, generator=generator)

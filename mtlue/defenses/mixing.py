@@ -3,7 +3,8 @@
 One λ per batch, as the reference implementations: images are mixed with a random permutation
 of the batch and the hook returns ``[(λ, labels, masks), (1 − λ, labels[perm], masks[perm])]``, so the
 victim's loss is λ·ℓ(y) + (1 − λ)·ℓ(y_perm) with python-float weights summing to 1; a label missing
-in either half counts only in the half it belongs to. Randomness (λ ~ Beta(α, α),
+in either half counts only in the half it belongs to. Cutmix pastes a dense label map (a label with
+spatial dimensions) with its box into both halves, so a dense task is scored on the pasted map. Randomness (λ ~ Beta(α, α),
 the permutation, the cutmix box) comes from an explicit torch.Generator.
 """
 
@@ -43,6 +44,12 @@ def cutmix(images: torch.Tensor, alpha: float = 1.0, generator: torch.Generator 
     The box has area fraction 1 − λ₀ (λ₀ ~ Beta(α, α)), a uniform centre, and is clipped to the
     image; λ is recomputed from the clipped box so the label weights equal the pixel areas.
     """
+    mixed, perm, lam, _ = _cutmix_with_box(images, alpha, generator)
+    return mixed, perm, lam
+
+
+def _cutmix_with_box(images, alpha, generator):
+    """`cutmix`, and the (H, W) bool box it pasted."""
     check_images(images, "cutmix")
     batch, _, height, width = images.shape
     lam0 = _beta(alpha, generator)
@@ -55,10 +62,11 @@ def cutmix(images: torch.Tensor, alpha: float = 1.0, generator: torch.Generator 
     left, right = max(cx - box_w // 2, 0), min(cx + box_w // 2, width)
     rows = torch.arange(height, device=images.device).view(height, 1)
     cols = torch.arange(width, device=images.device).view(1, width)
-    box = ((rows >= top) & (rows < bottom) & (cols >= left) & (cols < right)).to(images.dtype)
-    mixed = images * (1 - box) + images[perm] * box
+    box = (rows >= top) & (rows < bottom) & (cols >= left) & (cols < right)
+    inside = box.to(images.dtype)
+    mixed = images * (1 - inside) + images[perm] * inside
     lam = 1.0 - (bottom - top) * (right - left) / (height * width)
-    return mixed, perm, lam
+    return mixed, perm, lam, box
 
 
 def permuted_labels(labels: dict, perm: torch.Tensor) -> dict:
@@ -82,7 +90,8 @@ class MixUp(Defense):
 
 
 class CutMix(Defense):
-    """cutmix as a training hook: returns [(λ, labels, masks), (1 − λ, labels[perm], masks[perm])], λ = kept area."""
+    """cutmix as a training hook: returns [(λ, labels, masks), (1 − λ, labels[perm], masks[perm])], λ = kept area;
+    a dense label map is the pasted map in both (its mask: both samples labelled)."""
 
     name = "cutmix"
 
@@ -92,8 +101,15 @@ class CutMix(Defense):
         self.generator = generator
 
     def forward(self, images, labels, masks, model):
-        mixed, perm, lam = cutmix(images, self.alpha, self.generator)
-        return mixed, [(lam, labels, masks), (1.0 - lam, permuted_labels(labels, perm), permuted_labels(masks, perm))]
+        mixed, perm, lam, box = _cutmix_with_box(images, self.alpha, self.generator)
+        kept, pasted = (labels, masks), (permuted_labels(labels, perm), permuted_labels(masks, perm))
+        dense = [name for name, value in labels.items() if value.dim() > 1]
+        if dense:
+            maps = {name: torch.where(box.to(labels[name].device), pasted[0][name], labels[name]) for name in dense}
+            both = {name: masks[name] & pasted[1][name] for name in dense if name in masks}
+            kept = ({**kept[0], **maps}, {**kept[1], **both})
+            pasted = ({**pasted[0], **maps}, {**pasted[1], **both})
+        return mixed, [(lam, *kept), (1.0 - lam, *pasted)]
 
 
 __all__ = ["mixup", "cutmix", "permuted_labels", "MixUp", "CutMix"]

@@ -110,7 +110,7 @@ class MTLUEMethod(ProtectionMethod):
         cfg, device = self.settings, context.device
         self.protected = context.protected_tasks
         self.stem = resolve_stem(cfg.generator_stem, context.source)
-        check_robust_for(cfg.robust, context.source.image_shape[2])
+        check_robust_for(cfg.robust, context.source.image_shape[2], context.tasks)
         final_path = context.work_dir / GENERATOR_FILE
         if cfg.generator_path:
             path = Path(cfg.generator_path)

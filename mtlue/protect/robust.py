@@ -28,9 +28,10 @@ ERASERS = ("cutout", "cutmix", "mixup", "ueraser_lite")
 IMAGE_ONLY = ("jpeg", "bdr", "gray", "cutout", "ueraser_lite")  # what the surrogate's training also sees
 AT_RADIUS = 0.5  # ρ as a fraction of ε (REM: 4/255 against 8/255)
 AT_STEPS = 5
+AT_STEP = 0.4  # PGD step as a fraction of ρ
 RULES = {"draw": "uniform over none + robust, one per batch", "jpeg_quality": list(JPEG_QUALITY),
          "bdr_bits": BDR_BITS, "erasers": list(ERASERS), "at": {"radius_of_eps": AT_RADIUS, "steps": AT_STEPS,
-                                                              "step_of_radius": 0.4},
+                                                              "step_of_radius": AT_STEP},
          "surrogate_sees": list(IMAGE_ONLY)}
 
 
@@ -46,11 +47,20 @@ def parse_robust(value) -> tuple:
     return tuple(n for n in ROBUST_OPTIONS if n in names)
 
 
-def check_robust_for(names: tuple, channels: int) -> None:
-    """Refuse a robust option that cannot act on these images (gray on 1-channel images)."""
+def check_robust_for(names: tuple, channels: int, tasks=()) -> None:
+    """Refuse a robust option that cannot act on these images or tasks: gray on 1-channel images, erase
+    (its UEraser-lite) with dense tasks, as the victims' defense registry refuses it."""
     if "gray" in names and channels != 3:
         raise ConfigError(f"--robust gray: the source's images have {channels} channel(s); grayscale only "
                           f"changes RGB images (drop gray)")
+    dense = [t for t in tasks if t.is_dense]
+    if "erase" in names and dense:
+        from mtlue.defenses import DEFENSES
+
+        for eraser in ERASERS:
+            if DEFENSES[eraser].not_dense:
+                raise ConfigError(f"--robust erase: its {eraser} {DEFENSES[eraser].not_dense} of task "
+                                  f"{dense[0].name!r} ({dense[0].kind}) (drop erase)")
 
 
 class RobustEOT:
@@ -65,16 +75,23 @@ class RobustEOT:
         self.names = tuple(names)
         self.eps = float(eps)
         self.generator = torch.Generator()
-        self.ops = {}
+        self.transforms = {}  # image-only ops (IMAGE_ONLY), name -> module on images
+        self.mixers = {}  # label-mixing hooks (cutmix, mixup)
         if "jpeg" in names:
-            self.ops["jpeg"] = DifferentiableJPEG(JPEG_QUALITY, generator=self.generator)
+            self.transforms["jpeg"] = DifferentiableJPEG(JPEG_QUALITY, generator=self.generator)
         if "bdr" in names:
-            self.ops["bdr"] = build_defense(f"bdr{BDR_BITS}").transform
+            self.transforms["bdr"] = build_defense(f"bdr{BDR_BITS}").transform
         if "gray" in names:
-            self.ops["gray"] = build_defense("grayscale").transform
+            self.transforms["gray"] = build_defense("grayscale").transform
         if "erase" in names:
             for eraser in ERASERS:
-                self.ops[eraser] = build_defense(eraser, generator=self.generator)
+                hook = build_defense(eraser, generator=self.generator)
+                if eraser in IMAGE_ONLY:
+                    self.transforms[eraser] = hook.transform
+                else:
+                    self.mixers[eraser] = hook
+        self.choices = ("none",) + tuple(c for n in self.names for c in (ERASERS if n == "erase" else (n,)))
+        self.image_choices = tuple(c for c in self.choices if c == "none" or c in IMAGE_ONLY)
 
     def reseed(self, seed: int) -> None:
         self.generator.manual_seed(seed)
@@ -85,37 +102,25 @@ class RobustEOT:
         index = int(torch.randint(0, len(choices), (1,), generator=self.generator))
         return choices[index]
 
-    def _choices(self) -> tuple:
-        choices = ["none"]
-        for name in self.names:
-            choices += list(ERASERS) if name == "erase" else [name]
-        return tuple(choices)
-
     def __call__(self, images, labels: dict, masks: dict, model) -> tuple:
         """(defended images, [(weight, labels, masks), ...]) for the generator's loss on one batch."""
-        choice = self._draw(self._choices())
-        if choice == "none":
-            return images, [(1.0, labels, masks)]
+        choice = self._draw(self.choices)
+        if choice in self.mixers:
+            return self.mixers[choice](images, labels, masks, model)
         if choice == "at":
-            return images + (self._adversary(model)(images, labels, masks) - images).detach(), [(1.0, labels, masks)]
-        op = self.ops[choice]
-        if choice in ("cutmix", "mixup"):
-            return op(images, labels, masks, model)
-        out = op(images, labels, masks, model)[0] if choice in ERASERS else op(images)
-        return out, [(1.0, labels, masks)]
+            images = images + (self._adversary(model)(images, labels, masks) - images).detach()
+        elif choice != "none":
+            images = self.transforms[choice](images)
+        return images, [(1.0, labels, masks)]
 
     def images(self, images):
         """One draw over none + the image-only defenses chosen, for the surrogate's training batches."""
-        choices = ("none",) + tuple(c for c in self._choices() if c in IMAGE_ONLY)
-        choice = self._draw(choices)
-        if choice == "none":
-            return images
-        op = self.ops[choice]
-        return op(images, None, None, None)[0] if choice in ERASERS else op(images)
+        choice = self._draw(self.image_choices)
+        return images if choice == "none" else self.transforms[choice](images)
 
     def _adversary(self, model):
         from mtlue.attacks import PGD
 
         radius = self.eps * AT_RADIUS
-        return PGD(model, eps=radius, alpha=radius * 0.4, steps=AT_STEPS, random_start=True, objective="total",
+        return PGD(model, eps=radius, alpha=radius * AT_STEP, steps=AT_STEPS, random_start=True, objective="total",
                    generator=self.generator)
