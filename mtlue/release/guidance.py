@@ -15,6 +15,11 @@ from __future__ import annotations
 MEASURED_JPEG10 = {"plain": "digits 0.36, photos 0.87", "robust": "digits 0.89, photos 0.88"}
 
 
+# A defense row holds at this retained learnability (README "Defense-robust protection"; the verdict's own
+# max_learnability, 0.2 by default, is for the no-defense rows).
+DEFENSE_ROW_TARGET = 0.5
+
+
 def publication_guidance(protection: dict | None, verification: dict | None) -> list[str]:
     """Lines saying which publication paths keep this store's protection (empty for a clean store)."""
     if not protection:
@@ -30,10 +35,8 @@ def publication_guidance(protection: dict | None, verification: dict | None) -> 
     measured = [f"{name} retains {g['worst_learnability']:.2f} ({g['profile']}/{g['weighting']})"
                 for name, g in rows.items() if name.startswith("jpeg")]
     if measured:
-        limit = verification.get("rules", {}).get("max_learnability")
-        holds = f"; protection holds at <= {limit:g}, the verdict's limit" if limit is not None else ""
         lines.append(f"JPEG re-encoding, measured on this store: {', '.join(measured)} (0 = nothing learnt, "
-                     f"1 = as clean{holds})")
+                     f"1 = as clean; protection holds at <= {DEFENSE_ROW_TARGET:g})")
     elif "jpeg" in robust:
         lines.append("JPEG re-encoding: the generator trained through JPEG (robust: jpeg), yet the shipped robust "
                      f"recipes measured jpeg10 {MEASURED_JPEG10['robust']} retained: assume JPEG undoes it "
