@@ -88,7 +88,7 @@ def test_bdr_is_straight_through_and_grayscale_differentiable():
 # -- the robust option --------------------------------------------------------------------------
 def test_robust_names_parse_in_registry_order_and_unknown_ones_are_refused():
     assert parse_robust("at, JPEG,bdr") == ("jpeg", "bdr", "at") and parse_robust(["erase"]) == ("erase",)
-    assert parse_robust(None) == () and parse_robust("none") == ()
+    assert parse_robust(None) == () and parse_robust("none") == () and parse_robust([" JPEG"]) == ("jpeg",)
     with pytest.raises(ConfigError, match=r"--robust 'blur': unknown \(valid: jpeg, bdr, gray, erase, at\)"):
         parse_robust("jpeg,blur")
     assert MTLUEConfig(robust=["bdr", "jpeg"]).robust == ("jpeg", "bdr")

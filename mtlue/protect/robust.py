@@ -9,6 +9,7 @@ et al. 2018). The ops are the victims' own (mtlue.defenses), differentiable or s
   bdr    bit-depth reduction to 2 bits, straight-through gradient
   gray   BT.601 grayscale (RGB sources only: a 1-channel image is already gray)
   erase  one of cutout, cutmix, mixup (label-weighted loss, as the victim's) and UEraser-lite
+         (not with dense tasks: UEraser-lite's affine would move the image but not the label maps)
   at     REM's min-min-max (Fu et al., ICLR 2022): a PGD adversary of radius ρ = ε/2 (5 steps, step ρ/2.5)
          against the surrogate is added to x + δ; δ's gradient flows through x + δ + η (η detached)
 
@@ -39,7 +40,8 @@ def parse_robust(value) -> tuple:
     """`--robust jpeg,bdr` or a recipe's list -> the names in registry order; ConfigError naming the bad one."""
     if value is None:
         return ()
-    names = [v.strip().lower() for v in value.split(",")] if isinstance(value, str) else list(value)
+    names = value.split(",") if isinstance(value, str) else list(value)
+    names = [n.strip().lower() if isinstance(n, str) else n for n in names]  # a recipe's list as the CLI's string
     names = [n for n in names if n not in ("", "none")]
     for name in names:
         if not isinstance(name, str) or name not in ROBUST_OPTIONS:

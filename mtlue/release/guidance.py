@@ -14,7 +14,6 @@ from __future__ import annotations
 # store has no jpeg row of its own. The robust generator did not pay: it retains more, not less.
 MEASURED_JPEG10 = {"plain": "digits 0.36, photos 0.87", "robust": "digits 0.89, photos 0.88"}
 
-
 # A defense row holds at this retained learnability (README "Defense-robust protection"; the verdict's own
 # max_learnability, 0.2 by default, is for the no-defense rows).
 DEFENSE_ROW_TARGET = 0.5
