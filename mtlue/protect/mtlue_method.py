@@ -296,7 +296,7 @@ class MTLUEMethod(ProtectionMethod):
             for model in surrogates:
                 defended, mixed = self.robust(self._poison(x, delta), labels, masks, model)
                 for weight, part_labels, part_masks in mixed:
-                    poisoned, targets = augmented(augment, defended, part_labels)
+                    poisoned, targets = augmented(augment, defended, part_labels, self.parallel)
                     loss_b = loss_b + weight * base_loss(cfg.base, self.context.tasks, model(poisoned), targets,
                                                          part_masks, "total", self.protected)
         tables = generator.embedding_tables()
