@@ -317,6 +317,10 @@ def run_verification(protected: Source, clean: Source, config: VerifyConfig, out
                      jobs: int = 1, dist=None):
     """Train the victim grid into OUT/victims and write the report into OUT; returns the result
     (under torchrun: rank 0 writes the report and returns it, the other ranks return None)."""
+    from mtlue.defenses import check_defense_for
+
+    for defense in config.defenses:  # refused before any victim trains, not when its row comes up
+        check_defense_for(defense, protected.tasks)
     rows = train_victim_grid(protected, clean, config, os.path.join(out_dir, "victims"), device, progress, jobs, dist)
     if dist is not None and not dist.is_main:
         return None

@@ -210,3 +210,17 @@ def test_ueraser_lite_is_refused_for_dense_tasks_by_the_defense_and_by_robust_er
     with pytest.raises(ConfigError, match=r"--robust erase: its ueraser_lite .* task 'seg'"):
         check_robust_for(("erase",), 3, DENSE_TASKS)
     check_robust_for(("jpeg", "at"), 3, DENSE_TASKS)
+
+
+def test_verify_refuses_ueraser_lite_on_a_dense_store_before_any_victim_trains(tmp_path):
+    from mtlue.profiles import build_profiles
+    from mtlue.train import TrainConfig
+    from mtlue.verify import VerifyConfig, run_verification
+
+    scenes = open_source("scenes:n=8,size=16,seed=0")
+    base = TrainConfig(backbone="small_cnn", epochs=1, batch_size=8)
+    config = VerifyConfig(profiles=build_profiles([{"name": "plain"}], base, ("ew",), "test"), seeds=(0,),
+                          defenses=("cutmix", "ueraser"))
+    with pytest.raises(ConfigError, match="--defense ueraser_lite: its random affine"):
+        run_verification(scenes, scenes, config, str(tmp_path / "out"), CPU, progress=False)
+    assert not (tmp_path / "out").exists()

@@ -91,19 +91,25 @@ def canonical_defense_name(name: str | None) -> str:
     return _lookup(name)[0]
 
 
+def check_defense_for(name: str | None, tasks) -> None:
+    """ConfigError when defense `name` is unknown or cannot train these tasks (TaskSpecs)."""
+    key, entry, _ = _lookup(name)
+    dense = [t for t in tasks if t.is_dense]
+    if dense and entry.not_dense:
+        raise ConfigError(f"--defense {key}: {entry.not_dense} of task {dense[0].name!r} ({dense[0].kind}); "
+                          "use a defense that keeps label maps aligned for dense tasks")
+
+
 def build_defense(name: str | None, tasks=None, generator=None):
     """The training hook for `name` (None for 'none'); `generator` seeds its random choices.
 
     `tasks` (TaskSpec tuple) lets a defense that cannot train dense tasks refuse them. Raises
     ConfigError naming the option and the valid names, or the defense and the dense task it cannot train.
     """
-    key, entry, value = _lookup(name)
+    check_defense_for(name, tasks or ())
+    _, entry, value = _lookup(name)
     if entry.factory is None:
         return None
-    dense = [t for t in tasks or () if t.is_dense]
-    if dense and entry.not_dense:
-        raise ConfigError(f"--defense {key}: {entry.not_dense} of task {dense[0].name!r} ({dense[0].kind}); "
-                          "use a defense that keeps label maps aligned for dense tasks")
     module_name, attribute = entry.factory.split(":")
     factory = getattr(importlib.import_module(f"mtlue.defenses.{module_name}"), attribute)
     return factory(generator=generator) if value is None else factory(value, generator=generator)
@@ -123,4 +129,4 @@ def __getattr__(name):
     raise AttributeError(f"module 'mtlue.defenses' has no attribute {name!r}")
 
 
-__all__ = ["DEFENSES", "Entry", "build_defense", "canonical_defense_name", "defense_help"]
+__all__ = ["DEFENSES", "Entry", "build_defense", "canonical_defense_name", "check_defense_for", "defense_help"]
