@@ -240,9 +240,9 @@ class StoreWriter:
         """Write positions 0..num_samples-1 of `split` in shards of `shard_size`; returns the split's record.
 
         `make_batches(start, stop)` yields Batches for positions [start, stop); it is called once per shard
-        that is not already complete. With `dist` (a mtlue.distributed.DistContext) this process writes
-        only the shards it owns (shard_id % world_size == rank); after a barrier the main process
-        records every shard, each checked against its sha256 sidecar.
+        that is not already complete. With `dist` (a mtlue.distributed.DistContext of several processes)
+        this process writes only the shards it owns (shard_id % world_size == rank), and the owners'
+        shard records (each sha256 computed once, by its owner) are gathered on every process.
         """
         try:
             return self._write_split(split, int(num_samples), int(shard_size), make_batches, progress, dist)
@@ -261,7 +261,8 @@ class StoreWriter:
             raise StoreError(f"{self.store_dir}: shard size must be at least 1, got {shard_size}")
         split_dir = os.path.join(self.write_dir, split)
         ranges = shard_ranges(num_samples, shard_size)
-        main = dist is None or dist.is_main
+        parallel = dist is not None and dist.distributed
+        main = not parallel or dist.is_main
         if main and not os.path.isdir(split_dir):
             os.makedirs(split_dir)
             self._created_dirs.append(split_dir)
@@ -269,18 +270,17 @@ class StoreWriter:
         for name in os.listdir(split_dir) if main else ():  # shards of an earlier export with another shard size
             if SHARD_ENTRY.match(name) and name.split(".h5")[0] + ".h5" not in planned:
                 os.remove(os.path.join(split_dir, name))
-        if dist is not None:
+        if parallel:
             dist.barrier()  # the split directory exists and holds no stale shard
         from tqdm.auto import tqdm
 
-        records = []
+        records = {}  # shard_id -> record, of the shards this process owns
         with tqdm(total=num_samples, desc=f"export {split}", unit="img", disable=not progress, leave=False) as bar:
             for shard_id, (start, stop) in enumerate(ranges):
                 relpath = shard_relpath(split, shard_id, len(ranges))
                 path = os.path.join(self.write_dir, relpath)
                 attrs = {"split": split, "shard_id": shard_id, "num_shards": len(ranges)}
-                if dist is not None and not dist.owns(shard_id):
-                    records.append((path, relpath, attrs, stop - start))  # another rank's: recorded below
+                if parallel and not dist.owns(shard_id):
                     continue
                 digest = self._complete_shard(path, attrs, stop - start) if self.resume else None
                 if digest is None:
@@ -291,20 +291,12 @@ class StoreWriter:
                     write_text_atomic(path + CHECKSUM_SUFFIX, f"{digest}  {os.path.basename(path)}\n")
                 else:
                     bar.update(stop - start)
-                records.append(self._shard_record(path, relpath, digest))
-        if dist is not None:
-            dist.barrier()  # every rank has written its shards
-            records = [self._written_by_another(*r) if isinstance(r, tuple) else r for r in records] if main else []
+                records[shard_id] = self._shard_record(path, relpath, digest)
+        if parallel:  # a gather is a barrier too: every rank has written its shards
+            records = {k: v for part in dist.all_gather_objects(records) for k, v in part.items()}
         self.splits[split] = {"count": num_samples, "shard_size": shard_size, "vds": vds_name(split),
-                              "shards": records}
+                              "shards": [records[shard_id] for shard_id in range(len(ranges))]}
         return self.splits[split]
-
-    def _written_by_another(self, path: str, relpath: str, attrs: dict, count: int) -> dict:
-        digest = self._complete_shard(path, attrs, count)
-        if digest is None:
-            raise StoreError(f"{relpath}: the rank that owns shard {attrs['shard_id']} did not finish it "
-                             "(missing, or its sha256 sidecar does not match); rerun the command to resume")
-        return self._shard_record(path, relpath, digest)
 
     def _complete_shard(self, path: str, attrs: dict, count: int) -> str | None:
         """The sha256 of a finished shard from an earlier run that matches its sidecar and attributes."""
