@@ -99,6 +99,16 @@ class DistContext:
 
             dist.barrier()
 
+    def main_first(self, make):
+        """`make()` on rank 0 first (it trains and caches in a work directory), then on the other ranks
+        (they load what it cached)."""
+        if not self.is_main:
+            self.barrier()
+        made = make()
+        if self.is_main:
+            self.barrier()
+        return made
+
     def broadcast_object(self, value, src: int = 0):
         """`value` as rank `src` has it (pickled), on every rank."""
         if not self.distributed:

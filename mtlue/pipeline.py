@@ -237,8 +237,7 @@ def _generator_stage(plan: RunPlan, source, device, stage: Stage, progress: bool
 
     config = _generator_config(plan, stage.path)
     method = build_method(config)
-    context = ProtectContext(source, config, device, stage.path, progress=progress,
-                             dist=dist if dist.distributed else None)
+    context = ProtectContext(source, config, device, stage.path, progress=progress, dist=dist)
     prepare_method(method, context, dist)
     return {"method": config.method, "settings": config.settings.to_json(), "record": method.record()}
 

@@ -32,7 +32,7 @@ class ProtectContext:
                  progress: bool = True, on_iteration: Callable[[int], None] | None = None, split: str = "train",
                  dist=None):
         self.source = source
-        self.dist = dist  # mtlue.distributed.DistContext under torchrun, else None
+        self.dist = dist if dist is not None and dist.distributed else None  # a DistContext under torchrun
         self.tasks = tuple(source.tasks)
         self.config = config
         self.device = device
@@ -121,14 +121,7 @@ class ProtectContext:
 
     def _rank0_first(self, make):
         """`make()` on rank 0 first (it trains and caches in work_dir), then on the others (they load the cache)."""
-        if self.dist is None or not self.dist.distributed:
-            return make()
-        if not self.dist.is_main:
-            self.dist.barrier()
-        made = make()
-        if self.dist.is_main:
-            self.dist.barrier()
-        return made
+        return make() if self.dist is None else self.dist.main_first(make)
 
     @property
     def surrogate_info(self) -> dict:

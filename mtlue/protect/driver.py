@@ -135,8 +135,7 @@ def _protect(source, store_dir: Path, config: ProtectConfig, device, work_dir: P
     from mtlue.store.writer import StoreWriter
 
     method = method if method is not None else build_method(config)
-    context = ProtectContext(source, config, device, work_dir, progress=progress, on_iteration=on_iteration,
-                             dist=dist if dist.distributed else None)
+    context = ProtectContext(source, config, device, work_dir, progress=progress, on_iteration=on_iteration, dist=dist)
     prepare_method(method, context, dist)
     record = protection_record(config, method, context, dist)
 
@@ -183,12 +182,10 @@ def prepare_method(method, context: ProtectContext, dist) -> None:
     """`method.prepare(context)`; under torchrun every rank together for a method that trains data-parallel
     (`prepares_together`: MTL-UE's generator), else rank 0 first and then the others, which load what it
     checkpointed in the work directory."""
-    together = getattr(method, "prepares_together", False)
-    if not dist.is_main and not together:
-        dist.barrier()
-    method.prepare(context)
-    if dist.is_main and not together:
-        dist.barrier()
+    if getattr(method, "prepares_together", False):
+        method.prepare(context)
+    else:
+        dist.main_first(lambda: method.prepare(context))
 
 
 def protect_batch(batch: Batch, method, config: ProtectConfig, poisoned: np.ndarray | None, device) -> Batch:
