@@ -39,10 +39,6 @@ class RankSlice(torch.utils.data.Sampler):
         return len(self.batch_sampler)
 
 
-def has_batch_norm(module: torch.nn.Module) -> bool:
-    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in module.modules())
-
-
 class DataParallel:
     """One training loop's data parallelism: the rank's loader, the per-step share, the gradient average."""
 
@@ -107,9 +103,9 @@ class DataParallel:
         params = list(self.model.parameters()) + (list(self.weighting.parameters()) if self.weighting is not None else [])
         reduce_gradients(self.dist, params, self.share)
 
-    def epoch_losses(self, loss_sum: torch.Tensor, steps: int) -> tuple[torch.Tensor, int]:
-        """The epoch's summed per-step losses over all ranks (slices of equal size weigh equally)."""
-        return self.dist.all_reduce_sum(loss_sum) / self.dist.world_size, steps
+    def epoch_losses(self, loss_sum: torch.Tensor) -> torch.Tensor:
+        """The epoch's summed per-step losses, averaged over the ranks (slices of equal size weigh equally)."""
+        return self.dist.all_reduce_sum(loss_sum) / self.dist.world_size
 
     def gather_labels(self, collected: dict) -> dict:
         """{task: (label arrays, mask arrays)} of every rank (rank order): the epoch's labels, for floors."""
@@ -141,12 +137,14 @@ def reduce_gradients(dist, params, share: float) -> None:
     params = [p for p in params if p.requires_grad]
     if not params:
         return
-    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params]) * share
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+    if share != 1.0:
+        flat.mul_(share)
     flat = dist.all_reduce_sum(flat)
     offset = 0
-    for p in params:
+    for p in params:  # views of the one reduced buffer, as DDP's gradient_as_bucket_view
         n = p.numel()
-        p.grad = flat[offset: offset + n].view_as(p).clone()
+        p.grad = flat[offset: offset + n].view_as(p)
         offset += n
 
 

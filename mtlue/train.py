@@ -249,7 +249,7 @@ def train_model(config: TrainConfig, train_data, test_data, tasks, device, out_d
             if moves_labels:
                 images, labels = (augment(images, labels) if data_parallel is None else
                                   data_parallel.on_global_batch(augment, images, labels))
-            else:
+            elif config.augment != "none":
                 images = (augment(images) if data_parallel is None else
                           data_parallel.on_global_batch(lambda xs, ls: (augment(xs), ls), images, {})[0])
             targets = [(1.0, labels)]
@@ -272,7 +272,7 @@ def train_model(config: TrainConfig, train_data, test_data, tasks, device, out_d
             bar.set_postfix(loss=f"{float(losses.detach().sum()):.3f}")
         scheduler.step()
         if data_parallel is not None:
-            loss_sum, steps = data_parallel.epoch_losses(loss_sum, steps)
+            loss_sum = data_parallel.epoch_losses(loss_sum)
         weighting.end_epoch(loss_sum / max(steps, 1))
         if collected is not None and epoch == 1:
             if data_parallel is not None:  # each rank saw its slices: the floor needs every rank's labels

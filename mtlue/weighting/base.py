@@ -111,9 +111,7 @@ class GradientWeighting(Weighting):
             rep.backward(shared_update)
         else:
             write_flat_grad(shared_params, alpha @ grads)
-        for p, g in zip(task_params, head_grads):
-            if g is not None:
-                p.grad = g if p.grad is None else p.grad + g
+        _add_grads(task_params, head_grads)
         return alpha.detach()
 
     def _global_backward(self, losses, model, rep):
@@ -126,36 +124,40 @@ class GradientWeighting(Weighting):
             # ranks hold different samples, so their representation coordinates are disjoint:
             # the global Gramian is the sum of the ranks' (share-scaled) local ones
             flat = representation_jacobian(losses, rep).reshape(len(losses), -1) * share
-            gram = dist.all_reduce_sum(flat @ flat.T)
-            alpha = dist.broadcast(self._alpha(flat, global_losses, gram))
-            update = None
+            alpha = dist.broadcast(self._alpha(flat, global_losses, dist.all_reduce_sum(flat @ flat.T)))
         else:
-            grads = shared_jacobian(losses, rep, shared_params, self.grad_method, self.chunk) * share
-            block, total = _scatter_columns(dist, grads)  # this rank's columns of J̄, (K, P/R)
-            gram = dist.all_reduce_sum(block @ block.T)
-            alpha = dist.broadcast(self._alpha(grads, global_losses, gram))
-            update = dist.all_gather_cat(alpha @ block)[:total]
+            grads = shared_jacobian(losses, rep, shared_params, self.grad_method, self.chunk)
+            block, total = _scatter_columns(dist, grads, share)  # this rank's columns of J̄, (K, P/R)
+            alpha = dist.broadcast(self._alpha(block, global_losses, dist.all_reduce_sum(block @ block.T)))
         head_loss = (alpha.detach() * losses).sum() if self.weights_heads else losses.sum()
         head_grads = torch.autograd.grad(head_loss * share, task_params, retain_graph=True, allow_unused=True)
-        if update is not None:
-            write_flat_grad(shared_params, update)
-        else:
+        _add_grads(task_params, head_grads)
+        if self.grad_space == "representation":
             rep.backward((alpha @ flat).view_as(rep))
-            reduce_gradients(dist, shared_params, share=1.0)  # Σ_r of each rank's rep.backward
-        if task_params:
-            flat = dist.all_reduce_sum(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
-                                                  for p, g in zip(task_params, head_grads)]))  # one collective
-            write_flat_grad(task_params, flat)
+            summed = task_params + shared_params  # the heads' and each rank's rep.backward: Σ_r, one collective
+        else:
+            write_flat_grad(shared_params, dist.all_gather_cat(alpha @ block)[:total])
+            summed = task_params
+        reduce_gradients(dist, summed, share=1.0)
         return alpha.detach()
 
 
-def _scatter_columns(dist, grads: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Σ_r grads_r, this rank's block of ⌈P/R⌉ columns (P padded to a multiple of R), and P."""
-    k, total = grads.shape
-    width = -(-total // dist.world_size)
-    padded = torch.zeros((k, width * dist.world_size), dtype=grads.dtype, device=grads.device)
-    padded[:, :total] = grads
-    # (R·K, width): rows r·K..(r+1)·K hold columns r·width..(r+1)·width of every task
-    blocks = padded.reshape(k, dist.world_size, width).transpose(0, 1).reshape(dist.world_size * k, width)
-    return dist.reduce_scatter_sum(blocks.contiguous()).reshape(k, width), total
+def _add_grads(params: list, grads) -> None:
+    """Accumulate `grads` (None: no gradient) into the `.grad` of `params`."""
+    for p, g in zip(params, grads):
+        if g is not None:
+            p.grad = g if p.grad is None else p.grad + g
 
+
+def _scatter_columns(dist, grads: torch.Tensor, share: float) -> tuple[torch.Tensor, int]:
+    """Σ_r share_r·grads_r, this rank's block of ⌈P/R⌉ columns (P padded to a multiple of R), and P."""
+    k, total = grads.shape
+    world = dist.world_size
+    width = -(-total // world)
+    # (R, K, width): block r holds columns r·width..(r+1)·width of every task
+    blocks = grads.new_zeros((world, k, width))
+    for r in range(world):
+        part = grads[:, r * width: (r + 1) * width]
+        blocks[r, :, :part.shape[1]] = part
+    blocks.mul_(share)
+    return dist.reduce_scatter_sum(blocks.view(world * k, width)).view(k, width), total
