@@ -69,6 +69,8 @@ def make_augment(kind: str, image_shape):
 def augmented(augment, x: torch.Tensor, labels: dict, parallel=None) -> tuple[torch.Tensor, dict]:
     """(aug(x), labels) for the image-only EOT; the label-aware one moves dense label maps along.
     Under torchrun (`parallel`) the random draws are those of the whole global batch, as in one process."""
+    if isinstance(augment, torch.nn.Identity):  # --augment none: nothing drawn, nothing to place
+        return x, labels
     if parallel is not None:
         return parallel.on_global_batch(lambda xs, ls: augmented(augment, xs, ls), x, labels)
     if isinstance(augment, LabelAwareEOT):
@@ -76,13 +78,12 @@ def augmented(augment, x: torch.Tensor, labels: dict, parallel=None) -> tuple[to
     return augment(x), labels
 
 
-def robust_eot(names: tuple, eps: float, image_shape):
-    """The RobustEOT of `--robust` (None without defenses in the loop)."""
+def robust_eot(names: tuple, eps: float):
+    """The RobustEOT of `--robust` (None without defenses in the loop); `prepare` has checked the names."""
     if not names:
         return None
     from mtlue.protect.robust import RobustEOT
 
-    check_robust_for(names, image_shape[2])
     return RobustEOT(names, eps)
 
 
@@ -187,7 +188,7 @@ class MTLUEMethod(ProtectionMethod):
         kind, shape = resolve_augment(cfg.augment, context.tasks), context.source.image_shape
         augment = (LabelAwareEOT(kind, shape, context.tasks) if has_dense_tasks(context.tasks)
                    else make_augment(kind, shape)).to(device)
-        self.robust = robust_eot(cfg.robust, self.config.eps, shape)
+        self.robust = robust_eot(cfg.robust, self.config.eps)
 
         state_path = context.work_dir / STATE_FILE
         start = 0
@@ -269,8 +270,7 @@ class MTLUEMethod(ProtectionMethod):
             batches += 1
         record = {k: v / max(batches, 1) for k, v in totals.items()}
         if self.parallel is not None:
-            record["base_loss"] = float(self.parallel.dist.all_reduce_sum(torch.tensor(record["base_loss"]))) / \
-                self.parallel.dist.world_size
+            record["base_loss"] = float(self.parallel.epoch_losses(torch.tensor(record["base_loss"])))
         if surrogate_optimiser is not None:
             self._train_surrogate_steps(generator, surrogates[0], surrogate_optimiser, augment, iteration)
             error = self._poisoned_error(generator, surrogates[0])
