@@ -600,10 +600,11 @@ def _verdict_exit(result) -> None:
     sys.exit(VERDICT_EXIT[outcome.outcome] if outcome else VERDICT_EXIT["INCONCLUSIVE"])
 
 
-def _jobs(value: str, device) -> int:
-    """--jobs: a count, or auto (one worker per CPU core on CPU, 1 on CUDA)."""
+def _jobs(value: str, dist) -> int:
+    """--jobs: a count, or auto (one worker per CPU core on CPU; 1 on CUDA, and under torchrun, where
+    each rank trains its own victims)."""
     if value == "auto":
-        return max(1, os.cpu_count() or 1) if device.type == "cpu" else 1
+        return max(1, os.cpu_count() or 1) if dist.device.type == "cpu" and not dist.distributed else 1
     try:
         jobs = int(value)
     except ValueError:
@@ -677,7 +678,7 @@ def verify(store, clean_spec, profiles, weightings, stl, seeds, defenses, defens
 
     dist = _distributed(resolve_device(device))
     torch_device = dist.device
-    jobs = 1 if dist.distributed and jobs == "auto" else _jobs(jobs, torch_device)  # torchrun: one victim per rank
+    jobs = _jobs(jobs, dist)
     rules = VerdictRules(max_learnability=max_learnability, min_clean_gain=min_clean_gain, binary_metric=binary_metric)
     base = TrainConfig(backbone=backbone, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
                        momentum=momentum, schedule=schedule, augment=augment, grad_space=grad_space,
@@ -743,7 +744,7 @@ def run(recipe, name, runs_dir, resume, fresh, jobs, device, no_check_store, qui
     torch_device = dist.device
     outcome = run_pipeline(load_recipe(recipe, name, overrides), runs_dir, device=torch_device, resume=resume, fresh=fresh,
                            progress=not quiet, log=lambda line: click.echo(line, err=True),
-                           jobs=1 if dist.distributed and jobs == "auto" else _jobs(jobs, torch_device),
+                           jobs=_jobs(jobs, dist),
                            check_store=not no_check_store, dist=dist)
     if not dist.is_main:
         return
