@@ -254,17 +254,35 @@ class Source:
         return {"spec": getattr(self, "spec", None) or self.name, "content": self.content_digest()}
 
 
-class GeneratedSource(Source):
+class NumberedSource(Source):
+    """A Source numbered train first, then test: sample `position` of a split has index
+    `index_offset(split) + position`, so sizes and indices follow from `split_counts()` alone."""
+
+    def split_counts(self) -> dict:
+        """{"train": count, "test": count}."""
+        raise NotImplementedError
+
+    def size(self, split: str) -> int:
+        self.check_split(split)
+        return self.split_counts()[split]
+
+    def index_offset(self, split: str) -> int:
+        return 0 if split == "train" else self.split_counts()["train"]
+
+    def index_array(self, split: str) -> np.ndarray:
+        """offset + position, without rendering or reading a sample."""
+        return np.arange(self.size(split), dtype=np.int64) + int(self.index_offset(split))
+
+    def check_position(self, split: str, position: int) -> None:
+        if not 0 <= position < self.size(split):
+            raise IndexError(f"{self.name} {split}: position {position} out of range 0..{self.size(split) - 1}")
+
+
+class GeneratedSource(NumberedSource):
     """A Source that builds any run of samples at once with `make_batch(split, positions)`."""
 
     def make_batch(self, split: str, positions: np.ndarray) -> Batch:
         raise NotImplementedError
-
-    def index_array(self, split: str) -> np.ndarray:
-        if hasattr(self, "index_offset"):  # digits, shapes: index = offset + position, no rendering
-            self.check_split(split)
-            return np.arange(self.size(split), dtype=np.int64) + int(self.index_offset(split))
-        return super().index_array(split)
 
     def image_digest(self) -> str:
         """The options the images are drawn from, plus the first rendered batch of each split (which
@@ -279,9 +297,7 @@ class GeneratedSource(Source):
         return digest.hexdigest()
 
     def get(self, split: str, position: int) -> Sample:
-        self.check_split(split)
-        if not 0 <= position < self.size(split):
-            raise IndexError(f"{self.name} {split}: position {position} out of range 0..{self.size(split) - 1}")
+        self.check_position(split, position)
         batch = self.make_batch(split, np.asarray([position]))
         labels = {name: values[0].item() if values[0].ndim == 0 else values[0] for name, values in batch.labels.items()}
         masks = {name: bool(values[0]) for name, values in batch.masks.items()}

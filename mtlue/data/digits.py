@@ -138,12 +138,8 @@ class DigitsSource(GeneratedSource):
             "left_gt_right  binary         left digit > right digit",
         ]
 
-    def size(self, split: str) -> int:
-        self.check_split(split)
-        return self.n_train if split == "train" else self.n_test
-
-    def index_offset(self, split: str) -> int:
-        return 0 if split == "train" else self.n_train
+    def split_counts(self) -> dict:
+        return {"train": self.n_train, "test": self.n_test}
 
     def task_labels(self, split: str, rows: np.ndarray) -> dict:
         layout = self.layouts[split]

@@ -20,7 +20,8 @@ import os
 
 import numpy as np
 
-from mtlue.data.base import Sample, Source, TaskSpec
+from mtlue.data.base import NumberedSource, Sample, TaskSpec
+from mtlue.data.folder import require_root
 from mtlue.errors import SourceError
 
 NUM_CLASSES = 13
@@ -68,7 +69,7 @@ def indexed_files(folder: str) -> int:
     return len(numbers)
 
 
-class NYUv2Source(Source):
+class NYUv2Source(NumberedSource):
     """The preprocessed NYUv2 folders: tasks segmentation (13 classes), depth and normal."""
 
     name = "nyuv2"
@@ -79,9 +80,7 @@ class NYUv2Source(Source):
                "(795 train / 654 test; val is the official test split)")
 
     def __init__(self, root: str):
-        self.root = os.fspath(root)
-        if not os.path.isdir(self.root):
-            raise SourceError(f"{self.root}: no such directory")
+        self.root = os.fspath(root)  # a missing root is reported by the first folder it lacks
         self.counts, self.image_shape = {}, None
         for split, folder in SPLIT_FOLDERS.items():
             counts = {kind: indexed_files(os.path.join(self.root, folder, kind)) for kind in KINDS}
@@ -97,9 +96,7 @@ class NYUv2Source(Source):
 
     @classmethod
     def from_spec(cls, arg: str | None, seed: int | None = None) -> "NYUv2Source":
-        if not arg:
-            raise SourceError("nyuv2 needs the dataset folder: nyuv2:PATH")
-        return cls(arg)
+        return cls(require_root("nyuv2", arg))
 
     @classmethod
     def task_help(cls) -> list:
@@ -129,12 +126,8 @@ class NYUv2Source(Source):
             if not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)):
                 raise SourceError(f"{path}: {kind} of dtype {dtype}, expected a number type")
 
-    def size(self, split: str) -> int:
-        self.check_split(split)
-        return self.counts[split]
-
-    def index_offset(self, split: str) -> int:
-        return 0 if split == "train" else self.counts["train"]
+    def split_counts(self) -> dict:
+        return self.counts
 
     def _load(self, split: str, kind: str, position: int) -> np.ndarray:
         path = self.path(split, kind, position)
@@ -144,9 +137,7 @@ class NYUv2Source(Source):
             raise SourceError(f"{path}: cannot read ({_first_line(exc)})") from None
 
     def get(self, split: str, position: int) -> Sample:
-        self.check_split(split)
-        if not 0 <= position < self.size(split):
-            raise IndexError(f"nyuv2 {split}: position {position} out of range 0..{self.size(split) - 1}")
+        self.check_position(split, position)
         image = self._image(split, position)
         labels = {"segmentation": self._segmentation(split, position), "depth": self._depth(split, position),
                   "normal": self._normal(split, position)}

@@ -220,12 +220,8 @@ class PhotosSource(GeneratedSource):
             "all four survive a horizontal flip",
         ]
 
-    def size(self, split: str) -> int:
-        self.check_split(split)
-        return self.n if split == "train" else self.n_test
-
-    def index_offset(self, split: str) -> int:
-        return 0 if split == "train" else self.n
+    def split_counts(self) -> dict:
+        return {"train": self.n, "test": self.n_test}
 
     def crops(self, split: str, positions: np.ndarray) -> tuple[dict, np.ndarray]:
         """Where each sample of `split` at `positions` is cut from, and its unrotated patch (see `draw_crops`)."""

@@ -235,12 +235,8 @@ class ScenesSource(GeneratedSource):
             f"objects       multiclass {MAX_OBJECTS}    (mixed=1 only) number of objects minus 1",
         ]
 
-    def size(self, split: str) -> int:
-        self.check_split(split)
-        return self.n if split == "train" else self.n_test
-
-    def index_offset(self, split: str) -> int:
-        return 0 if split == "train" else self.n
+    def split_counts(self) -> dict:
+        return {"train": self.n, "test": self.n_test}
 
     def make_batch(self, split: str, positions: np.ndarray) -> Batch:
         split_id, size = SPLIT_IDS[split], self.image_size

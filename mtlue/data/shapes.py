@@ -145,12 +145,8 @@ class ShapesSource(GeneratedSource):
             "striped   binary         striped (1) or plain (0) fill",
         ]
 
-    def size(self, split: str) -> int:
-        self.check_split(split)
-        return self.n if split == "train" else self.n_test
-
-    def index_offset(self, split: str) -> int:
-        return 0 if split == "train" else self.n
+    def split_counts(self) -> dict:
+        return {"train": self.n, "test": self.n_test}
 
     def make_batch(self, split: str, positions: np.ndarray) -> Batch:
         split_id = SPLIT_IDS[split]
