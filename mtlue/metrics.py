@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from mtlue.data.base import TaskSpec
+from mtlue.data.dense import valid_pixels
 from mtlue.errors import ConfigError
 
 HIGHER_IS_BETTER = {"accuracy": True, "balanced_accuracy": True, "auc": True, "mae": False,
@@ -164,20 +165,16 @@ class DenseMetrics:
         self.totals = None  # float64 sums, allocated on the first batch's device
 
     def add(self, output: torch.Tensor, target: torch.Tensor, present: torch.Tensor | None = None) -> None:
-        from mtlue.data.dense import valid_pixels
-
         task, output = self.task, output.detach()
-        valid = valid_pixels(task, target)
-        if present is not None:
-            valid = valid & present.reshape(-1, 1, 1).bool()
+        valid = valid_pixels(task, target, present)
         if task.kind == "segmentation":
             classes = task.num_classes
             cells = target[valid].long() * classes + output.argmax(1)[valid]
             batch = torch.bincount(cells, minlength=classes * classes).double()
         elif task.kind == "depth":
-            gt, error = target[:, 0][valid].double(), (output[:, 0][valid].double() - target[:, 0][valid].double()).abs()
-            batch = torch.stack([error.sum(), (error / gt).sum(), torch.tensor(float(len(gt)), device=gt.device,
-                                                                                 dtype=torch.float64)])
+            gt = target[:, 0][valid].double()
+            error = (output[:, 0][valid].double() - gt).abs()
+            batch = torch.stack([error.sum(), (error / gt).sum(), gt.new_tensor(float(len(gt)))])
         else:
             # both normalised in float64: the angle between directions (a float32 unit label is 1 ± 1e-7 long,
             # which alone reads as 0.02° against itself)
@@ -185,8 +182,7 @@ class DenseMetrics:
             cosine = (unit * torch.nn.functional.normalize(target.double(), dim=1, eps=1e-12)).sum(1)[valid].clamp(-1.0, 1.0)
             angle = torch.rad2deg(torch.acos(cosine))
             under = [(angle < limit).sum().double() for limit in ANGLE_THRESHOLDS]
-            counts = torch.stack([angle.sum(), torch.tensor(float(len(angle)), dtype=torch.float64, device=angle.device),
-                                  *under])
+            counts = torch.stack([angle.sum(), angle.new_tensor(float(len(angle))), *under])
             batch = torch.cat([counts, torch.histc(angle, bins=ANGLE_BINS, min=0.0, max=180.0)])
         self.totals = batch if self.totals is None else self.totals + batch
 
@@ -234,11 +230,7 @@ class DenseChance:
         self.sums = None  # (classes, H, W) counts, or (channels + 1, H, W): value sums and the valid count
 
     def add(self, target: torch.Tensor, present: torch.Tensor | None = None) -> None:
-        from mtlue.data.dense import valid_pixels
-
-        valid = valid_pixels(self.task, target)
-        if present is not None:
-            valid = valid & present.reshape(-1, 1, 1).bool()
+        valid = valid_pixels(self.task, target, present)
         if self.task.kind == "segmentation":
             batch = torch.stack([((target == c) & valid).sum(0) for c in range(self.task.num_classes)]).double()
         else:

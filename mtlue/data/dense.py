@@ -15,15 +15,18 @@ from mtlue.data.base import TaskSpec
 INVALID = {"segmentation": -1, "depth": 0.0, "normal": 0.0}
 
 
-def valid_pixels(task: TaskSpec, target: torch.Tensor) -> torch.Tensor:
-    """bool (B,H,W): where a dense label (tensor layout) holds a value."""
+def valid_pixels(task: TaskSpec, target: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
+    """bool (B,H,W): where a dense label (tensor layout) holds a value, and, given the per-sample
+    label-present mask `present` (B,), only in the samples whose label is present."""
     if task.kind == "segmentation":
-        return (target >= 0) & (target < task.num_classes)
-    if task.kind == "depth":
-        return target[:, 0] > 0
-    if task.kind == "normal":
-        return (target != 0).any(1)
-    raise ValueError(f"task {task.name!r}: kind {task.kind!r} is not dense")
+        valid = (target >= 0) & (target < task.num_classes)
+    elif task.kind == "depth":
+        valid = target[:, 0] > 0
+    elif task.kind == "normal":
+        valid = (target != 0).any(1)
+    else:
+        raise ValueError(f"task {task.name!r}: kind {task.kind!r} is not dense")
+    return valid if present is None else valid & present.reshape(-1, 1, 1).bool()
 
 
 def hflip_label(task: TaskSpec, target: torch.Tensor) -> torch.Tensor:

@@ -55,9 +55,7 @@ def encode_label_map(task: TaskSpec, label: torch.Tensor, present: torch.Tensor 
     `present` False (per-sample bool (B,)) are encoded as all invalid."""
     if task.kind == "segmentation":
         classes = task.num_classes
-        valid = valid_pixels(task, label)
-        if present is not None:
-            valid = valid & present.reshape(-1, 1, 1).bool()
+        valid = valid_pixels(task, label, present)
         # class c -> channel c, void (-1) -> channel C
         index = torch.where(valid, label.long(), torch.full_like(label, classes, dtype=torch.long))
         return F.one_hot(index, classes + 1).permute(0, 3, 1, 2).to(dtype)
