@@ -105,6 +105,7 @@ class DenseMultiTaskNet(nn.Module):
             raise ConfigError(f"--backbone {backbone!r}: dense tasks need one of {', '.join(DENSE_BACKBONES)}")
         self.tasks = tuple(tasks)
         self.backbone_name = backbone
+        self.output_size = None  # H×W of the images `features` saw last: `heads_forward` upsamples to it
         big = backbone != "small_cnn"
         self.backbone = DilatedResNet(backbone, in_channels) if big else SmallEncoderDecoder(in_channels)
         channels = self.backbone.out_channels
@@ -122,7 +123,7 @@ class DenseMultiTaskNet(nn.Module):
     def heads_forward(self, rep: torch.Tensor) -> dict:
         """Outputs at the size of the images `features` saw last (any H×W, not only multiples of 8)."""
         scale = self.backbone.scale
-        size = getattr(self, "output_size", None) or (rep.shape[-2] * scale, rep.shape[-1] * scale)
+        size = self.output_size or (rep.shape[-2] * scale, rep.shape[-1] * scale)
         out = {}
         for task, head in zip(self.tasks, self.heads):
             y = head(rep)

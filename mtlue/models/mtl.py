@@ -94,9 +94,9 @@ class SingleTaskNets(nn.Module):
         return [p for net in self.nets for p in net.task_parameters()]
 
 
-def _hps_net(tasks, backbone: str, in_channels: int, image_size: int, dense: bool | None = None) -> nn.Module:
-    """One hard-parameter-sharing net: the dense victim (mtlue.models.dense) when a task is dense."""
-    if any(t.is_dense for t in tasks) if dense is None else dense:
+def _hps_net(tasks, backbone: str, in_channels: int, image_size: int, dense: bool) -> nn.Module:
+    """One hard-parameter-sharing net: the dense victim (mtlue.models.dense) when `dense`."""
+    if dense:
         from mtlue.models.dense import DenseMultiTaskNet
 
         return DenseMultiTaskNet(tasks, backbone, in_channels)
@@ -107,11 +107,12 @@ def build_model(tasks, backbone: str = "resnet18", in_channels: int = 3, image_s
     """A randomly initialised victim for `tasks` (TaskSpec sequence); STL builds one net per task.
 
     When any task is dense the victim is `mtlue.models.dense.DenseMultiTaskNet`: `backbone` small_cnn is
-    its CPU encoder–decoder, resnet18/34/50 its dilated ResNet with DeepLab (ASPP) heads."""
+    its CPU encoder–decoder, resnet18/50 its dilated ResNet with DeepLab (ASPP) heads."""
     tasks = tuple(tasks)
     if not tasks:
         raise ConfigError("build_model: no tasks given")
-    model = SingleTaskNets(tasks, backbone, in_channels, image_size) if stl else _hps_net(tasks, backbone, in_channels, image_size)
+    model = (SingleTaskNets(tasks, backbone, in_channels, image_size) if stl else
+             _hps_net(tasks, backbone, in_channels, image_size, any(t.is_dense for t in tasks)))
     model.build_args = {"tasks": [t.to_json() for t in tasks], "backbone": backbone, "in_channels": int(in_channels), "image_size": int(image_size), "stl": bool(stl)}
     return model
 
