@@ -8,8 +8,6 @@ import numpy as np
 
 from mtlue.store.manifest import read_manifest, store_file
 
-DENSE_KINDS = ("segmentation", "depth", "normal")
-
 
 def describe_store(store_dir: str) -> dict:
     """Manifest facts plus, per split and task, the fraction of labelled samples in each class.
@@ -28,7 +26,7 @@ def describe_store(store_dir: str) -> dict:
     for task in source.tasks:
         balance = {}
         for split in source.splits():
-            if task.kind in DENSE_KINDS:  # per-pixel maps: too large to summarise here
+            if task.is_dense:  # per-pixel maps: too large to summarise here
                 continue
             labels, masks = source.label_array(split, task.name)
             labelled = labels[masks]

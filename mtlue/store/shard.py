@@ -45,7 +45,7 @@ def validate_batch(batch: Batch, tasks: tuple, image_shape: tuple, where: str, f
                 f"{where}: task {task.name!r} has {values.shape[:1]} labels and {mask.shape} masks for {count} images"
             )
         mask = mask.astype(bool)
-        if task.kind in DENSE_LABEL_SHAPES:
+        if task.is_dense:
             _check_dense_labels(task, values, mask, index, tuple(image_shape[:2]), where)
         else:
             _check_label_values(task, values, mask, index, where)
@@ -54,7 +54,7 @@ def validate_batch(batch: Batch, tasks: tuple, image_shape: tuple, where: str, f
     return {"index": index.astype(np.int64, copy=False), "labels": labels, "masks": masks}
 
 
-# per-sample dense label shape after (H, W), and each kind's invalid marker (see mtlue.data.dense)
+# per-sample dense label shape after (H, W) (layouts: mtlue.data.dense)
 DENSE_LABEL_SHAPES = {"segmentation": (), "depth": (1,), "normal": (3,)}
 
 
