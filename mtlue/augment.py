@@ -46,12 +46,17 @@ def describe_augmentation(kind: str, tasks, image_shape) -> str:
     if kind == "none":
         return "none"
     height, width = int(image_shape[0]), int(image_shape[1])
-    crop = (f"random crop, {max(1, min(height, width) // 8)} px zero padding" if min(height, width) < SMALL_IMAGE_PX
-            else f"random-resized crop (scale {RESIZED_CROP_SCALE[0]:g}-{RESIZED_CROP_SCALE[1]:g})")
-    if any(t.is_dense for t in tasks):  # mtlue.train moves dense label maps with the image
-        unsafe = [t.name for t in tasks if not t.flip_safe and not t.is_dense]
-        flip = "label-aware flip" if not unsafe else f"no flip ({', '.join(unsafe)} not flip-safe)"
-        return f"random crop, {max(1, min(height, width) // 8)} px reflect padding (labels: invalid) + {flip}"
-    unsafe = [t.name for t in tasks if not t.flip_safe]
-    flip = "horizontal flip" if flips_allowed(tasks) else f"no flip ({', '.join(unsafe)} not flip-safe)"
+    pad = max(1, min(height, width) // 8)
+    dense = any(t.is_dense for t in tasks)  # mtlue.train moves dense label maps with the image
+    if dense:
+        crop = f"random crop, {pad} px reflect padding (labels: invalid)"
+    elif min(height, width) < SMALL_IMAGE_PX:
+        crop = f"random crop, {pad} px zero padding"
+    else:
+        crop = f"random-resized crop (scale {RESIZED_CROP_SCALE[0]:g}-{RESIZED_CROP_SCALE[1]:g})"
+    unsafe = [t.name for t in tasks if not t.flip_safe and not t.is_dense]  # a dense label flips with its image
+    if unsafe:
+        flip = f"no flip ({', '.join(unsafe)} not flip-safe)"
+    else:
+        flip = "label-aware flip" if dense else "horizontal flip"
     return f"{crop} + {flip}"
