@@ -130,16 +130,13 @@ def best_value(values, metric: str) -> float:
     return max(values) if HIGHER_IS_BETTER[metric] else min(values)
 
 
-def delta_m(metrics: dict, reference: dict, metric_names: dict | None = None) -> float:
-    """Δm (LibMTL's count_improvement, Δp_task): mean over tasks of the task's mean over its metrics of
-    ±(M − M_ref)/M_ref, + when higher is better; in %. `metrics`/`reference` are {task: value} with
-    `metric_names` {task: metric}, or {task: {metric: value}} (every metric of each task)."""
+def delta_m(metrics: dict, reference: dict) -> float:
+    """Δm (LibMTL's count_improvement, Δp_task) of {task: {metric: value}} against `reference` (the same
+    shape): mean over tasks of the task's mean over its metrics of ±(M − M_ref)/M_ref, + when higher is
+    better; in %."""
     terms = []
     for task, values in metrics.items():
-        if not isinstance(values, dict):
-            values, refs = {metric_names[task]: values}, {metric_names[task]: reference[task]}
-        else:
-            refs = reference[task]
+        refs = reference[task]
         task_terms = []
         for metric, value in values.items():
             ref = refs.get(metric)
