@@ -199,5 +199,8 @@ def _group_member(rank: int, fn, world_size: int, store: str, timeout: timedelta
                              timeout=timeout)
     try:
         fn(dist, *args)
+        # leave together: a rank that destroys the group while another is still inside a gloo
+        # collective aborts that process ("terminate called without an active exception")
+        dist.barrier()
     finally:
         dist.close()
