@@ -336,7 +336,7 @@ def train(data, test_spec, weighting, backbone, epochs, batch_size, lr, optimize
     test_source = open_source(test_spec) if test_spec else train_source
     check_training_sources(train_source, test_source, data, f"--test {test_spec}" if test_spec else data)
     out_dir = out_dir or f"runs/train-{weighting}"
-    floor_labels = {t.name: train_source.label_array("train", t.name) for t in train_source.tasks}
+    floor_labels = {t.name: train_source.label_array("train", t.name) for t in train_source.tasks if not t.is_dense}
     hook = build_defense(defense, train_source.tasks, generator=torch.Generator().manual_seed(seed + 7))
     dist = _distributed(torch_device)
     result = train_model(config, train_source.dataset("train"), test_source.dataset("test"), train_source.tasks,

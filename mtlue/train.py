@@ -140,14 +140,11 @@ def evaluate(model, loader, tasks, device) -> tuple[dict, dict]:
     return results, label_arrays
 
 
-def fit_dense_chance(train_set, tasks, floor_labels, num_workers: int, device) -> dict:
-    """{dense task: DenseChance} of the train labels: from `floor_labels` when given, else one pass over
-    the train split (labels are streamed, never held: a dense split's labels can be gigabytes)."""
+def fit_dense_chance(train_set, tasks, num_workers: int, device) -> dict:
+    """{dense task: DenseChance} of the train labels, in one pass over the train split (labels are
+    streamed, never held: a dense split's labels can be gigabytes)."""
     fits = {t.name: DenseChance(t) for t in tasks if t.is_dense}
-    if fits and floor_labels is not None:
-        for name, fit in fits.items():
-            fit.add(label_tensor(floor_labels[name][0]), torch.as_tensor(floor_labels[name][1]))
-    elif fits:
+    if fits:
         for batch in torch.utils.data.DataLoader(train_set, batch_size=32, shuffle=False, num_workers=num_workers):
             labels, masks = batch["labels"], batch["masks"]
             for name, fit in fits.items():
@@ -179,8 +176,9 @@ def train_model(config: TrainConfig, train_data, test_data, tasks, device, out_d
     """Train a victim on `train_data`, test on `test_data` every epoch; history as metrics.json holds.
 
     Data are torch Datasets of item dicts (or Sources: their 'train'/'test' splits are used).
-    `floor_labels` {task: (labels, masks)} are the train labels for the majority floor; when
-    absent they are gathered from the training batches of the first epoch.
+    `floor_labels` {task: (labels, masks)} are the train labels for the majority floor of the
+    image-level tasks; when absent they are gathered from the training batches of the first epoch
+    (dense tasks' chance is always fitted in one streamed pass, `fit_dense_chance`).
     `defense(images, labels, masks, model) -> (images, [(weight, labels), ...])` runs on each batch.
     Under torchrun (`dist`, mtlue.distributed.DistContext) `batch_size` stays the global batch: each rank
     trains on its slice of every global batch and the ranks' gradients are combined exactly
@@ -196,7 +194,9 @@ def train_model(config: TrainConfig, train_data, test_data, tasks, device, out_d
     from mtlue.augment import build_augmentation
 
     generator = seed_everything(config.seed)
-    channels, height, _ = train_set[0]["image"].shape
+    first_image = train_set[0]["image"]  # (C, H, W)
+    channels, height, _ = first_image.shape
+    dense = any(t.is_dense for t in tasks)
     model = build_model(tasks, config.backbone, in_channels=int(channels), image_size=int(height), stl=config.stl).to(device)
     weighting = build_weighting(config.weighting, len(tasks), generator=torch.Generator().manual_seed(config.seed + 1), grad_space=config.grad_space, grad_method=config.grad_method, chunk=config.grad_chunk, dist=dist).to(device)
     data_parallel = DataParallel.of(dist, model, weighting, config.batch_size)
@@ -205,24 +205,24 @@ def train_model(config: TrainConfig, train_data, test_data, tasks, device, out_d
         groups.append({"params": list(weighting.parameters()), "weight_decay": 0.0})
     optimizer = build_optimizer(config, groups)
     scheduler = build_schedule(config, optimizer)
-    augment = build_augmentation(config.augment, tasks, train_set[0]["image"].permute(1, 2, 0).shape).to(device)
-    moves_labels = config.augment != "none" and any(t.is_dense for t in tasks)
+    moves_labels = config.augment != "none" and dense
     if moves_labels:  # a dense label is tied to pixels: one shift and flip for the image and its label maps
         from mtlue.protect.dense_eot import LabelAwareEOT, dense_flips_allowed
 
-        augment = LabelAwareEOT("crop_flip" if dense_flips_allowed(tasks) else "crop",
-                                train_set[0]["image"].shape[1:], tasks)
+        augment = LabelAwareEOT("crop_flip" if dense_flips_allowed(tasks) else "crop", first_image.shape[1:], tasks)
+    else:
+        augment = build_augmentation(config.augment, tasks, first_image.permute(1, 2, 0).shape).to(device)
     train_loader = torch.utils.data.DataLoader(train_set, batch_size=config.batch_size, shuffle=True, generator=generator, num_workers=config.num_workers, drop_last=len(train_set) > config.batch_size, persistent_workers=config.num_workers > 0)
     if data_parallel is not None:
         train_loader = data_parallel.loader(train_loader)
         progress = progress and dist.is_main
         out_dir = out_dir if dist.is_main else None
     # dense outputs are full-resolution maps per task: test at the training batch size (LibMTL: 8 on NYUv2)
-    test_batch = config.batch_size if any(t.is_dense for t in tasks) else max(config.batch_size, 256)
+    test_batch = config.batch_size if dense else max(config.batch_size, 256)
     test_loader = torch.utils.data.DataLoader(test_set, batch_size=test_batch, shuffle=False, num_workers=config.num_workers)
     metric_names = {t.name: primary_metric(t, config.binary_metric) for t in tasks}
     collected = {t.name: ([], []) for t in tasks if not t.is_dense} if floor_labels is None else None
-    chance_fits = fit_dense_chance(train_set, tasks, floor_labels, config.num_workers, device)
+    chance_fits = fit_dense_chance(train_set, tasks, config.num_workers, device)
     if chance_fits:
         from mtlue.models.dense import start_depth_heads
 

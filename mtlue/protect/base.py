@@ -91,7 +91,7 @@ class ProtectContext:
             from mtlue.train import fit_dense_chance
 
             depth_tasks = [t for t in self.tasks if t.kind == "depth"]
-            fits = fit_dense_chance(self.train_dataset(), depth_tasks, None, 0, self.device) if depth_tasks else {}
+            fits = fit_dense_chance(self.train_dataset(), depth_tasks, 0, self.device) if depth_tasks else {}
             self._train_mean_depths = {name: float(fit.split_value()[0]) for name, fit in fits.items()}
         return self._train_mean_depths
 
