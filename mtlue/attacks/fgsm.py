@@ -1,6 +1,6 @@
 """Fast gradient sign method (Goodfellow et al. 2015) with a multi-task objective.
 
-x_adv = clip_[0,1]( x₀ + ε · sign(d(x₀)) ), d = the objective's direction at the clean input.
+`x_adv = clip_[0,1](x₀ + ε · sign(d(x₀)))`, d = the objective's direction at the clean input.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ A sample's δ depends only on its label vector: the K task patterns it selects a
 (MTL-UE reference code, `classwise_spatial_K` / `classwise_patch_K`) and then scaled to the budget:
 
 - average: p = (1/K) Σ_k P_k[y_k]
-- patch:   an N×N grid, N = 2^⌈log2⌈√K⌉⌉; cell k (row-major) holds P_k[y_k][::N, ::N] cropped to the
+- patch:   an N×N grid, N = 2^⌈log2⌈√K⌉⌉; cell k (row-major) holds `P_k[y_k][::N, ::N]` cropped to the
            cell (⌊H/N⌋ × ⌊W/N⌋); empty cells and the remainder rows/columns are zero.
 
 A missing label (mask False) contributes zero; a task outside --protect-tasks contributes the mean
