@@ -7,6 +7,7 @@ import re
 import shutil
 
 from mtlue.errors import StoreError
+from mtlue.store.entries import store_entries
 from mtlue.store.layout import MANIFEST_NAME
 
 try:
@@ -19,8 +20,6 @@ def recover_interrupted_overwrite(store_dir) -> list:
     """Undo what a killed overwrite of `store_dir` left beside it; returns
     what was done, one line each (the rules: mtlue.store.writer's docstring). StoreError while another
     process is replacing the store."""
-    from mtlue.store.writer import store_entries
-
     store = os.path.abspath(os.fspath(store_dir))
     parent, name = os.path.split(store)
     try:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import secrets
 import shutil
 
@@ -37,6 +36,7 @@ import h5py
 
 from mtlue.data.base import TaskSpec
 from mtlue.errors import StoreError
+from mtlue.store.entries import SHARD_ENTRY, SPLIT_NAME, check_output_dir, store_entries
 from mtlue.store.layout import (
     CHECKSUM_SUFFIX, COMPRESSION, COMPRESSION_LEVEL, MANIFEST_NAME, SHARD_SCHEMA, STORE_SCHEMA, TMP_SUFFIX,
     sha256_file, shard_ranges, shard_relpath, software_versions, vds_name, write_text_atomic,
@@ -45,11 +45,6 @@ from mtlue.store.manifest import without_local_paths, write_manifest
 from mtlue.store.recovery import lock_directory, recover_interrupted_overwrite
 from mtlue.store.shard import write_shard
 from mtlue.store.vds import write_split_vds
-
-SPLIT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-STORE_ENTRY = re.compile(r"^(manifest\.json|[A-Za-z0-9_][A-Za-z0-9_.-]*\.h5)(\.tmp)?$")
-SHARD_ENTRY = re.compile(r"^shard-\d{5}-of-\d{5}\.h5(\.tmp|\.sha256|\.sha256\.tmp)?$")
-
 
 class StoreWriter:
     """Writes one store directory; use as a context manager so a failure leaves no partial store."""
@@ -365,45 +360,6 @@ class StoreWriter:
         return manifest
 
 
-def store_entries(d: str) -> list:
-    """Paths of the store files in the directory; StoreError when it holds anything else, or a link."""
-    entries = []
-    for name in sorted(os.listdir(d)):
-        path = os.path.join(d, name)
-        if os.path.islink(path):
-            raise StoreError(f"{d}: refusing to replace it: {name} is a symbolic link "
-                             "(mtlue never writes or deletes through a link)")
-        if os.path.isdir(path) and SPLIT_NAME.match(name):
-            inner = sorted(os.listdir(path))
-            for n in inner:
-                if os.path.islink(os.path.join(path, n)):
-                    raise StoreError(f"{d}: refusing to replace it: {name}/{n} is a symbolic link "
-                                     "(mtlue never writes or deletes through a link)")
-            foreign = [n for n in inner if not (SHARD_ENTRY.match(n) and os.path.isfile(os.path.join(path, n)))]
-            if foreign:
-                raise StoreError(f"{d}: refusing to replace it: {name}/{foreign[0]} is not part of an mtlue store")
-            entries += [os.path.join(path, n) for n in inner] + [path]
-        elif os.path.isfile(path) and STORE_ENTRY.match(name) and (
-                not name.endswith(".h5") or _is_split_vds(path)):
-            entries.append(path)
-        else:
-            raise StoreError(f"{d}: refusing to replace it: {name} is not part of an mtlue store")
-    return entries
-
-
-def check_output_dir(store_dir, overwrite: bool) -> None:
-    """StoreWriter's refusals that do not depend on a resume, made before any expensive work: the
-    output is not a directory; with `overwrite`, it holds anything but an mtlue store, or a link."""
-    d = os.fspath(store_dir)
-    if os.path.exists(d) and not os.path.isdir(d):
-        raise StoreError(f"{d}: exists and is not a directory")
-    if overwrite and os.path.isdir(d) and os.listdir(d):
-        if os.path.islink(d):
-            raise StoreError(f"{d}: is a symbolic link; --overwrite replaces only a real store directory "
-                             f"(give {os.path.realpath(d)} itself)")
-        store_entries(d)
-
-
 def _remove_old_store(path: str) -> None:
     """Remove the replaced store (checked at the start to hold only store files and no links).
 
@@ -416,14 +372,3 @@ def _remove_old_store(path: str) -> None:
     except OSError as exc:
         raise StoreError(f"{path}: the new store is in place, but the old one moved here could not be "
                          f"removed ({exc.strerror or exc}); delete it by hand") from None
-
-
-def _is_split_vds(path: str) -> bool:
-    """A top-level .h5 file is part of a store only if it is a split's VDS file (never a user's data file)."""
-    from mtlue.store.vds import VDS_SCHEMA
-
-    try:
-        with h5py.File(path, "r") as f:
-            return f.attrs.get("schema") == VDS_SCHEMA
-    except OSError:
-        return False
