@@ -9,6 +9,7 @@ import sys
 import tempfile
 
 from mtlue.errors import ConfigError, StoreError
+from mtlue.store.layout import dumps_json, sha256_file
 
 SCHEMA = "mtlue-release/1"
 FORMATS = ("imagefolder", "webdataset", "parquet")
@@ -91,9 +92,9 @@ def _release_record(store, fmt: str, splits: dict) -> dict:
 def release_software(library: str | None) -> dict:
     import PIL
 
-    import mtlue
+    from mtlue.version import __version__
 
-    versions = {"mtlue": mtlue.__version__, "pillow": PIL.__version__}
+    versions = {"mtlue": __version__, "pillow": PIL.__version__}
     if library:
         versions[library] = __import__(library).__version__
     return versions
@@ -103,12 +104,11 @@ def _write_metadata(store, staging: str, release: dict) -> None:
     """release.json, the dataset card, croissant.json, then SHA256SUMS over every other file."""
     from mtlue.release.card import dataset_card
     from mtlue.release.croissant import croissant_metadata
-    from mtlue.store.layout import dumps_json
 
     _write_text(os.path.join(staging, RELEASE_JSON), dumps_json(release))
     _write_text(os.path.join(staging, CARD), dataset_card(release))
     _write_text(os.path.join(staging, CROISSANT), dumps_json(croissant_metadata(release, staging)))
-    lines = [f"{sha256_path(os.path.join(staging, rel))}  {rel}\n" for rel in release_files(staging)
+    lines = [f"{sha256_file(os.path.join(staging, rel))}  {rel}\n" for rel in release_files(staging)
              if rel != CHECKSUMS]
     _write_text(os.path.join(staging, CHECKSUMS), "".join(lines))
 
@@ -120,12 +120,6 @@ def release_files(root: str) -> list:
         for name in names:
             found.append(os.path.relpath(os.path.join(directory, name), root).replace(os.sep, "/"))
     return sorted(found)
-
-
-def sha256_path(path: str) -> str:
-    from mtlue.store.layout import sha256_file
-
-    return sha256_file(path)
 
 
 def _write_text(path: str, text: str) -> None:

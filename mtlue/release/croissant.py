@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 
+from mtlue.store.layout import sha256_file
+
 CONFORMS_TO = "http://mlcommons.org/croissant/1.0"
 MTLUE_NAMESPACE = "urn:mtlue:"  # mtlue has no web home to name; a URN is a valid IRI
 
@@ -34,8 +36,6 @@ ENCODING = {".csv": "text/csv", ".png": "image/png", ".tar": "application/x-tar"
 
 def croissant_metadata(release: dict, root: str) -> dict:
     """The JSON-LD document for the release written under `root` (sha256 read from the files there)."""
-    from mtlue.release.build import sha256_path
-
     fmt = release["format"]
     distribution, record_sets = [], []
     for split, record in release["splits"].items():
@@ -43,7 +43,7 @@ def croissant_metadata(release: dict, root: str) -> dict:
         for rel in data_files:
             distribution.append({"@type": "cr:FileObject", "@id": rel, "name": rel, "contentUrl": rel,
                                  "encodingFormat": ENCODING[os.path.splitext(rel)[1]],
-                                 "sha256": sha256_path(os.path.join(root, rel))})
+                                 "sha256": sha256_file(os.path.join(root, rel))})
         if fmt == "imagefolder":
             distribution.append({"@type": "cr:FileSet", "@id": f"{split}-images", "name": f"{split}-images",
                                  "description": f"the {record['count']} PNG images of split {split}",
