@@ -1,6 +1,6 @@
 """mtlue: unlearnable examples for multi-task image datasets (MTL-UE, ICML 2025)."""
 
-__version__ = "0.1.0"
+from mtlue.version import __version__  # noqa: F401  (mtlue.__version__)
 
 
 def open_store(path, split: str = "train"):

@@ -16,8 +16,8 @@ import shutil
 import time
 from dataclasses import dataclass
 
-from mtlue import __version__
 from mtlue.jsonio import read_json, write_json
+from mtlue.version import __version__
 
 STAGE_FILE = "stage.json"
 

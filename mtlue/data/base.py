@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from mtlue.errors import SourceError
+from mtlue.version import __version__
 
 TASK_KINDS = ("binary", "multiclass", "regression", "segmentation", "depth", "normal")
 CLASS_KINDS = ("binary", "multiclass")
@@ -287,8 +288,6 @@ class GeneratedSource(NumberedSource):
     def image_digest(self) -> str:
         """The options the images are drawn from, plus the first rendered batch of each split (which
         catches a change of the rendering code): cheap, and any count of images."""
-        from mtlue import __version__
-
         options = {k: v for k, v in sorted(vars(self).items()) if isinstance(v, (int, float, str, bool, tuple))}
         digest = hashlib.sha256(f"{type(self).__name__}|{__version__}|{options!r}".encode())
         for split in self.splits():

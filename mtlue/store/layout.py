@@ -81,10 +81,10 @@ def software_versions() -> dict:
     import h5py
     import numpy as np
 
-    import mtlue
+    from mtlue.version import __version__
 
     return {
-        "mtlue": mtlue.__version__,
+        "mtlue": __version__,
         "h5py": h5py.version.version,
         "hdf5": h5py.version.hdf5_version,
         "numpy": np.__version__,
