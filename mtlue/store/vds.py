@@ -2,6 +2,9 @@
 
 h5py VirtualLayout + VirtualSource with paths relative to the store, so the bundle can be moved;
 `h5py.File('S/train.h5')['images']` is then the whole split as (N, H, W, C) uint8.
+
+The file is byte-reproducible: no object records a timestamp (HDF5 tracks times by default, and h5py's
+VirtualLayout offers no way to turn that off, hence the low-level dataset creation below).
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import os
 
 import h5py
+import numpy as np
 
 from mtlue.store.layout import TMP_SUFFIX, fsync_replace, vds_name
 
@@ -44,14 +48,24 @@ def write_split_vds(store_dir: str, split: str, shards: list, tasks_json: str) -
         f.create_group("labels", track_order=True)
         f.create_group("masks", track_order=True)
         for name, (sample_shape, dtype) in specs.items():
-            layout = h5py.VirtualLayout(shape=(total,) + tuple(sample_shape), dtype=dtype)
-            offset = 0
-            for shard in shards:
-                count = int(shard["count"])
-                source = h5py.VirtualSource(shard["file"], name, shape=(count,) + tuple(sample_shape))
-                layout[offset:offset + count] = source
-                offset += count
-            f.create_virtual_dataset(name, layout)
+            _create_virtual_dataset(f, name, (total,) + tuple(sample_shape), dtype,
+                                    [(shard["file"], int(shard["count"])) for shard in shards])
     fsync_replace(tmp_path, path)
     return path
 
+
+
+def _create_virtual_dataset(group, name: str, shape: tuple, dtype, sources: list) -> None:
+    """`group[name]`, a virtual dataset of `shape` that stacks along axis 0 the dataset `name` of each
+    (relative file path, sample count) in `sources`; created without timestamps."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_obj_track_times(False)  # same inputs, same bytes
+    offset = 0
+    for file_name, count in sources:
+        source_shape = (count,) + tuple(shape[1:])
+        target = h5py.h5s.create_simple(shape)
+        target.select_hyperslab((offset,) + (0,) * (len(shape) - 1), (1,) * len(shape), block=source_shape)
+        dcpl.set_virtual(target, file_name.encode(), name.encode(), h5py.h5s.create_simple(source_shape))
+        offset += count
+    h5py.h5d.create(group.id, name.encode(), h5py.h5t.py_create(np.dtype(dtype), logical=1),
+                    h5py.h5s.create_simple(shape), dcpl=dcpl)
