@@ -108,9 +108,32 @@ def jobs_count(value: str, dist) -> int:
 
 
 VERDICT_EXIT = {"PASS": 0, "FAIL": 3, "INCONCLUSIVE": 4}
+VERDICT_STATUS = "verdict.status"  # in the report directory: "<VERDICT> <exit status>", e.g. "FAIL 3"
 
 
-def verdict_exit(result) -> None:
-    """Exit 0 on PASS, 3 on FAIL, 4 on INCONCLUSIVE (also when no row can be judged)."""
+def under_torchrun() -> bool:
+    """Started by torchrun, which sets TORCHELASTIC_RUN_ID and RANK in every process it starts (also with
+    --nproc-per-node 1)."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or "RANK" in os.environ
+
+
+def verdict_exit(result, report_dir: str) -> None:
+    """Leave with the verdict's status: 0 on PASS, 3 on FAIL, 4 on INCONCLUSIVE (also when no row can be
+    judged), after writing it to REPORT_DIR/verdict.status.
+
+    Under torchrun the process exits 0 on every verdict: torchrun reports a process that exits non-zero
+    as a crash (a ChildFailedError traceback, torchrun's own status 1), so there the status file is the
+    verdict's status and torchrun's non-zero status means an error."""
+    from mtlue.store.layout import write_text_atomic
+
     outcome, _ = result.verdict_or_reason()
-    sys.exit(VERDICT_EXIT[outcome.outcome] if outcome else VERDICT_EXIT["INCONCLUSIVE"])
+    name = outcome.outcome if outcome else "INCONCLUSIVE"
+    status = VERDICT_EXIT[name]
+    path = os.path.join(report_dir, VERDICT_STATUS)
+    write_text_atomic(path, f"{name} {status}\n")
+    if under_torchrun():
+        if status:
+            click.echo(f"verdict {name}: exit status {status} written to {path} (under torchrun every "
+                       "process exits 0 on a verdict)", err=True)
+        sys.exit(0)
+    sys.exit(status)

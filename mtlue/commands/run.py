@@ -31,6 +31,10 @@ def run(recipe, name, runs_dir, resume, fresh, jobs, device, no_check_store, qui
 
     Stages: surrogate, generator, shards, victims, report, into RUNS_DIR/NAME/. Exit 0 on
     verdict PASS, 3 on FAIL, 4 on INCONCLUSIVE, 1 on an error.
+
+    The verdict and its exit status are also written to RUNS_DIR/NAME/report/verdict.status (e.g.
+    "FAIL 3"). Under torchrun every process exits 0 on a verdict (torchrun reports any other status as
+    a crash): read that file; torchrun's own non-zero status then means an error.
     """
     from mtlue.pipeline import run_pipeline
     from mtlue.recipe import load_recipe
@@ -51,7 +55,7 @@ def run(recipe, name, runs_dir, resume, fresh, jobs, device, no_check_store, qui
     result = VerificationResult.from_json(outcome["report"])
     click.echo(format_verdict_text(result))
     click.echo(f"report: {os.path.join(outcome['report_dir'], 'report.md')}")
-    verdict_exit(result)
+    verdict_exit(result, outcome["report_dir"])
 
 
 command = run  # registered by cli.py

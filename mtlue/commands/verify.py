@@ -58,6 +58,10 @@ def verify(store, clean_spec, profiles, weightings, stl, seeds, defenses, defens
     and figures/*.png into OUT, prints the score table, and appends the summary to
     STORE/manifest.json. Exit 0 on PASS, 3 on FAIL, 4 on INCONCLUSIVE (the clean victims learned
     too little for the test to prove anything), 1 on an error.
+
+    The verdict and its exit status are also written to OUT/verdict.status (e.g. "FAIL 3"). Under
+    torchrun every process exits 0 on a verdict (torchrun reports any other status as a crash): read
+    OUT/verdict.status; torchrun's own non-zero status then means an error.
     """
     from mtlue.data import open_source
     from mtlue.errors import ConfigError
@@ -99,7 +103,7 @@ def verify(store, clean_spec, profiles, weightings, stl, seeds, defenses, defens
         update_manifest(store, "verification", verification_summary(result))
     click.echo(format_verdict_text(result))
     click.echo(f"report: {os.path.join(out_dir, 'report.md')}")
-    verdict_exit(result)
+    verdict_exit(result, out_dir)
 
 
 command = verify  # registered by cli.py
