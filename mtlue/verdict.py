@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+from mtlue.defenses import standard_defenses
 from mtlue.errors import ConfigError
 from mtlue.metrics import HIGHER_IS_BETTER
 
@@ -230,7 +231,7 @@ def _fmt(value) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
-DEFENSES_KNOWN = ("grayscale", "jpeg10", "bdr2", "cutout", "mixup", "cutmix", "ueraser_lite", "at")
+DEFENSES_KNOWN = standard_defenses()  # the defense registry's, each at its default
 REPRODUCIBILITY = (
     "Bit-reproducible on the same machine and software: the same seed gives the same shards and the same "
     "victim metrics (CPU, same thread count; CUDA only with deterministic kernels). Not across machines: "

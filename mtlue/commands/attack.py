@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from mtlue.attacks import ATTACKS  # the registry (light: names only)
 from mtlue.commands.options import reports_errors
 
 
@@ -12,7 +13,7 @@ from mtlue.commands.options import reports_errors
 @click.argument("data", metavar="DATA")
 @click.option("--objective", default="total", show_default=True,
               help="single:TASK, total (sum of task losses), dgba (Σ_t ∇ℓ_t/ℓ_t per sample) or signsum (Σ_t sign ∇L_t).")
-@click.option("--attack", "attack_name", type=click.Choice(["pgd", "fgsm", "apgd"]), default="pgd", show_default=True)
+@click.option("--attack", "attack_name", type=click.Choice(list(ATTACKS)), default="pgd", show_default=True)
 @click.option("--epsilon", type=float, default=8.0, show_default=True, help="L∞ budget in 1/255 units.")
 @click.option("--alpha", type=float, default=2.0, show_default=True, help="PGD step size in 1/255 units.")
 @click.option("--steps", type=int, default=25, show_default=True, help="Iterations (PGD, APGD).")

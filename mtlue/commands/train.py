@@ -6,6 +6,8 @@ import click
 
 from mtlue.commands.options import (BINARY_METRICS, NO_CHECK_HELP, check_stores, distributed, reports_errors,
                                     victim_options)
+from mtlue.defenses import defense_names  # the registry (light: names only)
+from mtlue.weighting import PAPER_WEIGHTINGS, WEIGHTINGS  # the registry (light: names only)
 
 
 @click.command()
@@ -13,7 +15,8 @@ from mtlue.commands.options import (BINARY_METRICS, NO_CHECK_HELP, check_stores,
 @click.option("--test", "test_spec", default=None, metavar="SOURCE",
               help="Clean source whose 'test' split is evaluated (default: DATA's own test split; a protected store has none).")
 @click.option("--weighting", default="ew", show_default=True,
-              help="Task weighting: ew, uw, rlw, aligned_mtl, fairgrad (paper), dwa, gradnorm, mgda, pcgrad, cagrad.")
+              help=f"Task weighting: {', '.join(PAPER_WEIGHTINGS)} (paper), "
+                   f"{', '.join(w for w in WEIGHTINGS if w not in PAPER_WEIGHTINGS)}.")
 @click.option("--backbone", default="resnet18", show_default=True,
               help="resnet18, resnet50, vgg16_bn, densenet121, vit_b_16, small_cnn.")
 @click.option("--epochs", default=60, show_default=True, type=int)
@@ -28,8 +31,7 @@ from mtlue.commands.options import (BINARY_METRICS, NO_CHECK_HELP, check_stores,
               help="Gradients the gradient-based weightings combine: exact shared-parameter or representation.")
 @click.option("--checkpoint-every", default=0, show_default=True, type=int, help="Also save DIR/checkpoints/epoch_K.pt every N epochs.")
 @click.option("--defense", default="none", show_default=True,
-              help="Training-time defense: none, grayscale, jpeg<q> (e.g. jpeg10), bdr<bits> (e.g. bdr2), cutout, "
-                   "mixup, cutmix, ueraser_lite, at (PGD adversarial training).")
+              help=f"Training-time defense: {defense_names()}; at is PGD adversarial training.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA if present), cpu, cuda, cuda:1, ...")
 @click.option("--workers", default=0, show_default=True, type=int, help="DataLoader worker processes.")

@@ -8,6 +8,8 @@ import click
 
 from mtlue.commands.options import (BINARY_METRICS, JOBS_HELP, check_stores, distributed, jobs_count, reports_errors,
                                     split_names, verdict_exit, victim_options)
+from mtlue.profiles import PRESETS  # light: the names and their descriptions
+from mtlue.weighting import PAPER_WEIGHTINGS
 
 
 @click.command()
@@ -15,10 +17,10 @@ from mtlue.commands.options import (BINARY_METRICS, JOBS_HELP, check_stores, dis
 @click.option("--clean", "clean_spec", required=True, help="SOURCE the store was protected from: its train split "
               "trains the clean reference victims, its test split evaluates every victim.")
 @click.option("--profile", "profiles", multiple=True, metavar="NAME[:KEY=VALUE,...]",
-              help="Attacker profile (repeatable): preset plain, augmented, sgd or long, or any name with "
+              help=f"Attacker profile (repeatable): preset {', '.join(list(PRESETS)[:-1])} or {list(PRESETS)[-1]}, or any name with "
                    "preset=…; keys are victim settings, e.g. sgd:backbone=resnet8,epochs=30,weightings=ew+uw. "
                    "[default: plain and sgd]")
-@click.option("--weightings", default="ew,uw,rlw,aligned_mtl,fairgrad", show_default=True,
+@click.option("--weightings", default=",".join(PAPER_WEIGHTINGS), show_default=True,
               help="Comma-separated task weightings of every profile that names none.")
 @click.option("--stl", is_flag=True, help="Also verify single-task victims (one network per task) in every profile.")
 @click.option("--seeds", default="0,1", show_default=True,

@@ -57,6 +57,19 @@ def defense_help() -> str:
     return "\n".join(f"{name:<13} {entry.help}" for name, entry in DEFENSES.items())
 
 
+def defense_names() -> str:
+    """'none, grayscale, jpeg<q> (e.g. jpeg10), ...': the registry's names for a one-line `--help`."""
+    return ", ".join(pattern if entry.parameter is None else f"{pattern} (e.g. {_stem(pattern)}{entry.parameter[2]})"
+                     for pattern, entry in DEFENSES.items())
+
+
+def standard_defenses() -> tuple:
+    """Every registered defense but none, a number-carrying one at its default: the defense grid of a
+    complete verification (grayscale, jpeg10, bdr2, cutout, ...)."""
+    return tuple(pattern if entry.parameter is None else f"{_stem(pattern)}{entry.parameter[2]}"
+                 for pattern, entry in DEFENSES.items() if entry.factory is not None)
+
+
 def _unknown(name: str, why: str = "unknown defense") -> ConfigError:
     return ConfigError(f"--defense {name!r}: {why} (valid: {', '.join(DEFENSES)})")
 
@@ -129,4 +142,5 @@ def __getattr__(name):
     raise AttributeError(f"module 'mtlue.defenses' has no attribute {name!r}")
 
 
-__all__ = ["DEFENSES", "Entry", "build_defense", "canonical_defense_name", "check_defense_for", "defense_help"]
+__all__ = ["DEFENSES", "Entry", "build_defense", "canonical_defense_name", "check_defense_for", "defense_help", "defense_names",
+           "standard_defenses"]

@@ -143,24 +143,37 @@ def _vit_b_16(in_channels: int, image_size: int):
     return net, 768
 
 
+def _small_cnn(in_channels: int, image_size: int):
+    net = SmallCNN(in_channels)
+    return net, net.out_features
+
+
+def _cifar_resnet(depth: int):
+    def build(in_channels: int, image_size: int):
+        net = CifarResNet(depth, in_channels)
+        return net, net.out_features
+
+    return build
+
+
+# name -> builder(in_channels, image_size) -> (module, feature_dim); adding a backbone is one line here
+BUILDERS = {
+    "resnet18": lambda in_channels, image_size: _resnet("resnet18", in_channels, image_size),
+    "resnet50": lambda in_channels, image_size: _resnet("resnet50", in_channels, image_size),
+    "vgg16_bn": _vgg16_bn,
+    "densenet121": _densenet121,
+    "vit_b_16": _vit_b_16,
+    "small_cnn": _small_cnn,
+    "resnet8": _cifar_resnet(8),
+    "resnet20": _cifar_resnet(20),
+}
+ALIASES = {"vit_b": "vit_b_16"}
+BACKBONES = tuple(BUILDERS)
+
+
 def build_backbone(name: str, in_channels: int = 3, image_size: int = 32) -> tuple[nn.Module, int]:
     """Feature extractor `name` for (in_channels, image_size, image_size) inputs -> (module, feature_dim)."""
-    if name == "small_cnn":
-        net = SmallCNN(in_channels)
-        return net, net.out_features
-    if name in CIFAR_RESNET_DEPTHS:
-        net = CifarResNet(CIFAR_RESNET_DEPTHS[name], in_channels)
-        return net, net.out_features
-    if name in ("resnet18", "resnet50"):
-        return _resnet(name, in_channels, image_size)
-    if name == "vgg16_bn":
-        return _vgg16_bn(in_channels, image_size)
-    if name == "densenet121":
-        return _densenet121(in_channels, image_size)
-    if name in ("vit_b_16", "vit_b"):
-        return _vit_b_16(in_channels, image_size)
-    raise ConfigError(f"--backbone {name!r}: unknown backbone (one of {', '.join(BACKBONES)})")
-
-
-CIFAR_RESNET_DEPTHS = {"resnet8": 8, "resnet20": 20}
-BACKBONES = ("resnet18", "resnet50", "vgg16_bn", "densenet121", "vit_b_16", "small_cnn", "resnet8", "resnet20")
+    builder = BUILDERS.get(ALIASES.get(name, name))
+    if builder is None:
+        raise ConfigError(f"--backbone {name!r}: unknown backbone (one of {', '.join(BACKBONES)})")
+    return builder(in_channels, image_size)

@@ -8,13 +8,11 @@ import shutil
 import sys
 import tempfile
 
+# what a release is read as is what it is written as: one definition, the reader's
+from mtlue.data.release import FORMATS, RELEASE_NAME as RELEASE_JSON, RELEASE_SCHEMA as SCHEMA, SUMS_NAME as CHECKSUMS
 from mtlue.errors import ConfigError, StoreError
 from mtlue.store.layout import dumps_json, sha256_file
 
-SCHEMA = "mtlue-release/1"
-FORMATS = ("imagefolder", "webdataset", "parquet")
-RELEASE_JSON = "release.json"
-CHECKSUMS = "SHA256SUMS"
 CARD = "README.md"
 CROISSANT = "croissant.json"
 
