@@ -17,32 +17,38 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Callable, NamedTuple
 
 from mtlue.errors import ConfigError
 from mtlue.weighting import PAPER_WEIGHTINGS
 
 STL_ROW = "stl"  # a weighting label: one independent network per task
 PROFILE_KEYS = ("name", "preset", "weightings")
+
+
+class Preset(NamedTuple):
+    """An attacker profile preset: what it is, and the TrainConfig changes it makes to a base config."""
+
+    description: str
+    settings: Callable  # base TrainConfig -> {field: value}
+
+
+# name -> Preset; adding a preset is one line here
 PRESETS = {
-    "plain": "the victim settings as given",
-    "augmented": "plain + standard augmentation",
-    "sgd": "SGD momentum 0.9, lr 0.05, wd 5e-4, cosine, standard augmentation",
-    "long": "plain with twice the epochs",
+    "plain": Preset("the victim settings as given", lambda base: {}),
+    "augmented": Preset("plain + standard augmentation", lambda base: {"augment": "standard"}),
+    "sgd": Preset("SGD momentum 0.9, lr 0.05, wd 5e-4, cosine, standard augmentation",
+                  lambda base: {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4,
+                                "schedule": "cosine", "augment": "standard"}),
+    "long": Preset("plain with twice the epochs", lambda base: {"epochs": 2 * base.epochs}),
 }
 
 
 def preset_settings(preset: str, base) -> dict:
     """TrainConfig changes a preset makes to `base` (a mtlue.train.TrainConfig)."""
-    if preset == "plain":
-        return {}
-    if preset == "augmented":
-        return {"augment": "standard"}
-    if preset == "sgd":
-        return {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "cosine",
-                "augment": "standard"}
-    if preset == "long":
-        return {"epochs": 2 * base.epochs}
-    raise ConfigError(f"attacker profile preset {preset!r}: one of {', '.join(PRESETS)}")
+    if preset not in PRESETS:
+        raise ConfigError(f"attacker profile preset {preset!r}: one of {', '.join(PRESETS)}")
+    return PRESETS[preset].settings(base)
 
 
 @dataclass(frozen=True)
