@@ -248,7 +248,8 @@ def _shards_stage(plan: RunPlan, source, device, stage: Stage, progress: bool, d
     config = _generator_config(plan, os.path.join(plan.run_dir, "generator"))
     manifest = protect_source(source, plan.store_dir, config, device, work_dir=config.work_dir,
                               overwrite=True, progress=progress, shard_size=plan.recipe.shard_size, dist=dist)
-    return {"store": plan.store_dir, "shards": len(manifest["splits"]["train"]["shards"])}
+    # relative to the run directory: a run tree records no path of the machine it ran on (same run, same bytes)
+    return {"store": os.path.relpath(plan.store_dir, plan.run_dir), "shards": len(manifest["splits"]["train"]["shards"])}
 
 
 def _victims_stage(plan: RunPlan, source, device, stage: Stage, progress: bool, jobs: int, check_store: bool,
