@@ -13,6 +13,7 @@ import click
 
 COMMANDS = (
     "attack",
+    "budget",
     "datasets",
     "export",
     "inspect",

@@ -159,8 +159,12 @@ def check_run_dir(run_dir: str, resume: bool, fresh: bool) -> None:
 
 
 def run_pipeline(recipe: Recipe, runs_dir: str = "runs", device=None, resume: bool = False, fresh: bool = False,
-                 progress: bool = True, log=print, jobs: int = 1, check_store: bool = True, dist=None) -> dict | None:
+                 progress: bool = True, log=print, jobs: int = 1, check_store: bool = True, dist=None,
+                 reuse_victims: tuple = ()) -> dict | None:
     """Run (or resume) every stage; returns {"verdict", "report_dir", "stages": {name: "ran"|"skipped"}}.
+
+    `reuse_victims`: victims directories of other runs of the same data whose finished clean victims this
+    run may reuse (linked in; each is still reused only when its fingerprint matches): the budget curve.
 
     Under torchrun (`dist`) every rank runs each stage together (data-parallel surrogate and generator,
     shards by id, victims spread over ranks); rank 0 alone decides, begins and finishes stages and
@@ -185,7 +189,8 @@ def run_pipeline(recipe: Recipe, runs_dir: str = "runs", device=None, resume: bo
         "surrogate": lambda stage: _surrogate_stage(plan, source, device, stage, progress, dist),
         "generator": lambda stage: _generator_stage(plan, source, device, stage, progress, dist),
         "shards": lambda stage: _shards_stage(plan, source, device, stage, progress, dist),
-        "victims": lambda stage: _victims_stage(plan, source, device, stage, progress, jobs, check_store, dist),
+        "victims": lambda stage: _victims_stage(plan, source, device, stage, progress, jobs, check_store, dist,
+                                                reuse_victims),
         "report": lambda stage: _report_stage(plan, source, device, stage) if dist.is_main else None,
     }
     outcome = {}
@@ -253,11 +258,13 @@ def _shards_stage(plan: RunPlan, source, device, stage: Stage, progress: bool, d
 
 
 def _victims_stage(plan: RunPlan, source, device, stage: Stage, progress: bool, jobs: int, check_store: bool,
-                   dist) -> dict:
+                   dist, reuse_victims: tuple = ()) -> dict:
     from mtlue.data import open_source
     from mtlue.store import verify_store
-    from mtlue.verify import train_victim_grid
+    from mtlue.verify import link_clean_victims, train_victim_grid
 
+    for other in reuse_victims:
+        link_clean_victims(other, stage.path)
     if check_store:  # a resumed run trains on a store that may have changed since the shards stage
         verify_store(plan.store_dir)
     rows = train_victim_grid(open_source(plan.store_dir), source, plan.verify, stage.path, device, progress, jobs,
@@ -274,7 +281,7 @@ def _report_stage(plan: RunPlan, source, device, stage: Stage) -> dict:
     # the victims stage finished every victim, so this only reads their metrics.json
     rows = train_victim_grid(protected, source, plan.verify, os.path.join(plan.run_dir, "victims"), device, False)
     result = write_verification(rows, protected, source, plan.verify, stage.path,
-                                title=f"mtlue run {plan.recipe.name}", notes={"recipe": plan.recipe.path})
+                                title=f"mtlue run {plan.recipe.name}", notes={"recipe": plan.recipe.path}, device=device)
     summary = verification_summary(result)
     update_manifest(plan.store_dir, "verification", summary)
     return {"verdict": summary["verdict"]}

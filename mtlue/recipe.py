@@ -12,6 +12,7 @@ seed = 0
                            # weightings, seeds, defenses, defense_weightings, defense_profiles, stl
 [[victims.profiles]]       # one table per attacker profile: name, preset, weightings, TrainConfig fields
 [verify]                   # max_learnability, min_clean_gain, binary_metric
+[budget]                   # epsilons: `mtlue run` then also runs the recipe at each ε (mtlue.budget)
 ```
 Every value is checked (key, type, known names) when the recipe is planned, before any work.
 """
@@ -31,10 +32,12 @@ else:  # pragma: no cover
 
 from mtlue.errors import ConfigError
 
-TOP_KEYS = {"name", "source", "seed", "description", "surrogate", "protect", "store", "victims", "verify"}
+TOP_KEYS = {"name", "source", "seed", "description", "surrogate", "protect", "store", "victims", "verify", "budget"}
 VICTIM_GRID_KEYS = {"weightings", "defenses", "defense_weightings", "defense_profiles", "profiles", "seeds", "stl"}
 STORE_KEYS = {"shard_size"}
 VERIFY_KEYS = {"max_learnability", "min_clean_gain", "binary_metric"}
+BUDGET_KEYS = {"epsilons"}
+SECTIONS = ("surrogate", "protect", "store", "victims", "verify", "budget")
 DEFAULT_SEEDS = (0, 1)
 
 
@@ -52,6 +55,7 @@ class Recipe:
     store: dict = field(default_factory=dict)
     victims: dict = field(default_factory=dict)
     verify: dict = field(default_factory=dict)
+    budget: dict = field(default_factory=dict)
 
     @property
     def shard_size(self) -> int:
@@ -95,8 +99,8 @@ def apply_overrides(data: dict, overrides, path: str) -> dict:
             data[parts[0]] = value
             continue
         section, key = parts
-        if section not in ("surrogate", "protect", "store", "victims", "verify"):
-            raise ConfigError(f"--set {text!r}: no recipe section [{section}] (surrogate, protect, store, victims, verify)")
+        if section not in SECTIONS:
+            raise ConfigError(f"--set {text!r}: no recipe section [{section}] ({', '.join(SECTIONS)})")
         table = data.setdefault(section, {})
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: [{section}] must be a table")
@@ -131,13 +135,19 @@ def load_recipe(path: str, name: str | None = None, overrides=()) -> Recipe:
         if key in data and (not isinstance(data[key], kind) or isinstance(data[key], bool)):
             raise ConfigError(f"{path}: {key} = {data[key]!r}: expected {'an integer' if kind is int else 'a string'}")
     sections = {}
-    for section in ("surrogate", "protect", "store", "victims", "verify"):
+    for section in SECTIONS:
         value = data.get(section, {})
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: [{section}] must be a table")
         sections[section] = value
     _check_keys(path, "store", sections["store"], STORE_KEYS)
     _check_keys(path, "verify", sections["verify"], VERIFY_KEYS)
+    _check_keys(path, "budget", sections["budget"], BUDGET_KEYS)
+    if "epsilons" in sections["budget"]:
+        try:
+            sections["budget"] = {"epsilons": parse_epsilons(sections["budget"]["epsilons"])}
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: [budget] {str(exc).replace('--epsilons ', 'epsilons = ')}") from None
     if "shard_size" in sections["store"]:
         check_value(f"{path} [store]", "shard_size", sections["store"]["shard_size"], 1)
         if sections["store"]["shard_size"] < 1:
@@ -145,6 +155,18 @@ def load_recipe(path: str, name: str | None = None, overrides=()) -> Recipe:
     run_name = name or (data.get("name") or os.path.splitext(os.path.basename(path))[0]) + override_suffix(overrides)
     return Recipe(path=path, name=str(run_name), source=str(data["source"]), seed=int(data.get("seed", 0)),
                   description=str(data.get("description", "")), **sections)
+
+
+def parse_epsilons(values) -> tuple:
+    """A list of ε in 1/255 units (a comma string or a list): positive, sorted, without repeats."""
+    items = values.split(",") if isinstance(values, str) else values if isinstance(values, (list, tuple)) else [values]
+    try:
+        epsilons = sorted({float(v) for v in items if str(v).strip()})
+    except (TypeError, ValueError):
+        raise ConfigError(f"--epsilons {values!r}: expected numbers in 1/255 units, e.g. 4,8,16") from None
+    if not epsilons or epsilons[0] <= 0:
+        raise ConfigError(f"--epsilons {values!r}: expected one or more positive numbers (1/255 units)")
+    return tuple(int(e) if float(e).is_integer() else e for e in epsilons)
 
 
 def check_value(where: str, key: str, value, default):

@@ -135,6 +135,12 @@ def render_markdown(result: VerificationResult, figures: dict | None = None) -> 
               "tasks; reported, never judged.", "", _markdown_table(DELTA_HEADER, delta_table(result)), "",
               "## Not run", ""]
     parts += [f"- {line}" for line in result.not_run()] or ["- (the whole standard grid was run)"]
+    diagnostics = (result.notes or {}).get("diagnostics")
+    if diagnostics:
+        from mtlue.diagnostics import DIAGNOSTICS_LEGEND, format_diagnostics
+
+        parts += ["", "## Diagnostics: why the release protects or not", "", DIAGNOSTICS_LEGEND, "", "```",
+                  format_diagnostics(diagnostics), "```"]
     parts += ["", "## Reproducibility", "", REPRODUCIBILITY, ""]
     if figures:
         parts += ["## Figures", ""] + [f"![{name}]({path})" for name, path in figures.items()] + [""]

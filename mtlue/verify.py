@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -151,6 +152,29 @@ def train_victim(run_dir: str, victim: VictimSpec, params: dict, config: VerifyC
     return read_json(stage.file("metrics.json"))  # as written (NaN as null), like a reused victim
 
 
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def link_clean_victims(from_victims: str, to_victims: str) -> int:
+    """Hard-link (copy where links fail) every finished clean victim stage into another run's victims dir."""
+    if not os.path.isdir(from_victims):
+        return 0
+    linked = 0
+    for name in sorted(os.listdir(from_victims)):
+        source_dir = os.path.join(from_victims, name)
+        target_dir = os.path.join(to_victims, name)
+        if not name.startswith("clean") or not os.path.isdir(source_dir) or os.path.exists(target_dir):
+            continue
+        os.makedirs(to_victims, exist_ok=True)
+        shutil.copytree(source_dir, target_dir, copy_function=_link_or_copy)
+        linked += 1
+    return linked
+
+
 def _train_in_worker(threads: int, *args) -> dict:
     import torch
 
@@ -287,19 +311,43 @@ def sample_grid(protected: Source, clean: Source, count: int, epsilon: float):
     return SampleGrid(clean=original.images, protected=stored.images, epsilon=epsilon, indices=stored.index.tolist())
 
 
+def release_diagnostics(protected: Source, clean: Source, record: dict, device=None) -> dict | None:
+    """mtlue.diagnostics for a store made from `clean` (None when it holds no classification task or its
+    train indices are not in the clean source, e.g. a store verified against another export)."""
+    from mtlue.diagnostics import diagnose
+    from mtlue.errors import SourceError
+
+    if not any(t.kind in ("binary", "multiclass") for t in protected.tasks):
+        return None
+    try:
+        return diagnose(protected, clean, float(record.get("epsilon", 8)), device=device)
+    except SourceError as exc:
+        return {"skipped_reason": str(exc)}
+
+
 def write_verification(rows: list, protected: Source, clean: Source, config: VerifyConfig, out_dir: str,
-                       title: str = "mtlue verification", notes: dict | None = None):
-    """Build the VerificationResult from the rows and write report.json, report.md and figures."""
+                       title: str = "mtlue verification", notes: dict | None = None, diagnostics: bool = True,
+                       device=None):
+    """Build the VerificationResult from the rows and write report.json, report.md and figures (with the
+    release diagnostics, mtlue.diagnostics, under notes["diagnostics"] unless `diagnostics` is False)."""
     from mtlue.report import VerificationResult, write_report
 
     record = (getattr(protected, "manifest", None) or {}).get("protection") or {}
     epsilon = float(record.get("epsilon", 8)) / 255.0
+    notes = dict(notes or {})
+    measured = (getattr(protected, "manifest", None) or {}).get("budget")
+    if measured:  # where this store's ε falls on a measured budget curve (mtlue.budget)
+        notes["budget"] = measured
+    if diagnostics:
+        found = release_diagnostics(protected, clean, record, device)
+        if found is not None:
+            notes["diagnostics"] = found
     result = VerificationResult(
         rows=rows, rules=config.rules, title=title, dataset=_spec(clean),
         method=" + ".join(str(record[k]) for k in ("method", "base") if record.get(k)) or "unknown",
         grid=config.to_json(),
         profiles={p.name: p.describe(protected.tasks, protected.image_shape) for p in config.profiles},
-        surrogate_backbone=surrogate_backbone(record), notes={"protection": record, **(notes or {})})
+        surrogate_backbone=surrogate_backbone(record), notes={"protection": record, **notes})
     write_report(result, out_dir, samples=sample_grid(protected, clean, config.sample_count, epsilon))
     return result
 
@@ -314,7 +362,7 @@ def surrogate_backbone(record: dict) -> str | None:
 
 def run_verification(protected: Source, clean: Source, config: VerifyConfig, out_dir: str, device,
                      progress: bool = True, title: str = "mtlue verification", notes: dict | None = None,
-                     jobs: int = 1, dist=None):
+                     jobs: int = 1, dist=None, diagnostics: bool = True):
     """Train the victim grid into OUT/victims and write the report into OUT; returns the result
     (under torchrun: rank 0 writes the report and returns it, the other ranks return None)."""
     from mtlue.defenses import check_defense_for
@@ -324,7 +372,7 @@ def run_verification(protected: Source, clean: Source, config: VerifyConfig, out
     rows = train_victim_grid(protected, clean, config, os.path.join(out_dir, "victims"), device, progress, jobs, dist)
     if dist is not None and not dist.is_main:
         return None
-    return write_verification(rows, protected, clean, config, out_dir, title, notes)
+    return write_verification(rows, protected, clean, config, out_dir, title, notes, diagnostics, device)
 
 
 def verification_summary(result) -> dict:
@@ -337,5 +385,6 @@ def verification_summary(result) -> dict:
                     "worst_learnability": g.worst, "best_learnability": g.best, "holds": g.holds(result.rules),
                     "in_verdict": g.in_verdict} for g in result.groups()],
         "not_run": result.not_run(),
+        "diagnostics": (result.notes or {}).get("diagnostics"),
         "verified": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -166,7 +166,7 @@ def test_protected_store_verifies_and_records_the_method(source, tmp_path, metho
     assert record["method"] == method and record["fusion"] == fusion and record["norm"] == "l2"
     # the shared settings and the class-wise ones only: no surrogate, generator or PGD fields
     assert set(record["config"]) == {"method", "epsilon", "batch_size", "protect_tasks", "poison_rate", "seed",
-                                     "fusion", "norm"}
+                                     "fusion", "norm", "period"}
     assert "surrogate" not in record and "base" not in record and "lambda_intra" not in record
     assert len(record["pattern_table_sha256"]) == 64
     assert record["measured_l2_mean"] <= record["target_l2"]

@@ -45,7 +45,7 @@ def one_line_error(result):
     ("max_learnability = 0.2", 'max_learnability = "low"', "max_learnability = 'low': expected a number"),
     ('backbone = "small_cnn"', 'backbone = "resnet9000"', "unknown backbone 'resnet9000'"),
     ("[verify]", '[[victims.profiles]]\nname = "sgd"\noptimiser = "sgd"\n[verify]', "optimiser"),
-    ("generator_width = 8", 'generator_width = 8\nfusion = "patch"', "[protect]: fusion applies to method lsp, ar, not mtlue"),
+    ("generator_width = 8", 'generator_width = 8\nfusion = "patch"', "[protect]: fusion applies to method lsp, ar, texture, not mtlue"),
 ])
 def test_a_bad_recipe_is_refused_before_any_stage_runs(tmp_path, old, new, message):
     assert old in RECIPE
@@ -58,11 +58,11 @@ def test_a_bad_recipe_is_refused_before_any_stage_runs(tmp_path, old, new, messa
 
 
 @pytest.mark.parametrize("method, extra, message", [
-    ("mtlue", ["--fusion", "patch"], "--fusion applies to --method lsp, ar, not mtlue"),
+    ("mtlue", ["--fusion", "patch"], "--fusion applies to --method lsp, ar, texture, not mtlue"),
     ("lsp", ["--epochs", "3"], "--epochs applies to --method mtlue, em, not lsp"),
     ("tap", ["--generator-width", "8"], "--generator-width applies to --method mtlue, not tap"),
     ("ar", ["--surrogate-backbone", "resnet18"], "--surrogate-backbone applies to --method mtlue, em, tap, sep, not ar"),
-    ("em", ["--norm", "linf"], "--norm applies to --method lsp, ar, not em"),
+    ("em", ["--norm", "linf"], "--norm applies to --method lsp, ar, texture, not em"),
 ])
 def test_protect_refuses_an_option_its_method_does_not_use(tmp_path, method, extra, message):
     store = tmp_path / "P"

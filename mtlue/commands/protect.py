@@ -45,7 +45,8 @@ def _surrogate_help(text: str) -> str:
 @click.argument("source")
 @click.argument("store", type=click.Path(file_okay=False))
 @click.option("--method", default=ProtectConfig.method, show_default=True,
-              help="mtlue (generator) · em · tap · sep (per-sample PGD baselines) · lsp · ar (class-wise baselines). "
+              help="mtlue (generator) · em · tap · sep (per-sample PGD baselines) · lsp · ar (class-wise baselines) · "
+                   "texture (class-wise stationary tiles, one task per pixel). "
                    "Options marked [..] apply to those methods only.")
 @click.option("--epsilon", type=float, default=ProtectConfig.epsilon, show_default=True,
               help="L∞ budget in 1/255 units.")
@@ -109,10 +110,15 @@ def _surrogate_help(text: str) -> str:
               help=_for("objective", "How per-task losses combine."))
 @click.option("--steps", type=int, default=_default("steps"),
               help=_for("steps", "PGD steps [default: as published: em 20, tap 250, sep 30]."))
-@click.option("--fusion", type=click.Choice(["average", "patch"]), default=_default("fusion"), show_default=True,
-              help=_for("fusion", "How K task patterns combine."))
+@click.option("--fusion", type=click.Choice(["average", "patch", "interleave"]), default=_default("fusion"),
+              show_default=True,
+              help=_for("fusion", "How K task patterns combine: average (sum / K), patch (a grid of task cells), "
+                                  "interleave (each pixel of a repeated tile carries one task's pattern at full size)."))
 @click.option("--norm", type=click.Choice(["linf", "l2"]), default=_default("norm"),
-              help=_for("norm", "Budget norm [default: l2 as the LSP/AR papers, then clipped to ε]."))
+              help=_for("norm", "Budget norm [default: lsp/ar l2 as their papers, then clipped to ε; texture linf]."))
+@click.option("--period", type=click.IntRange(min=1), default=_default("period"), show_default=True,
+              help=_for("period", "Side in pixels of the repeated tile of texture patterns and of interleave "
+                                  "fusion's pixel ownership."))
 @click.option("--device", default="auto", show_default=True, help="auto · cpu · cuda · cuda:N.")
 @click.option("--work-dir", default=None, type=click.Path(file_okay=False),
               help="Generator/surrogate checkpoints (default: STORE.work/ beside the store).")

@@ -6,6 +6,7 @@ import os
 
 import click
 
+from mtlue.commands.verify import print_diagnostics
 from mtlue.commands.options import JOBS_HELP, NO_CHECK_HELP, distributed, jobs_count, reports_errors, verdict_exit
 
 
@@ -29,8 +30,10 @@ def run(recipe, name, runs_dir, resume, fresh, jobs, device, no_check_store, qui
     `--set protect.base=tap` changes one recipe key for this run (repeatable; the run is then named
     after the change, e.g. photos-base=tap, unless --name is given).
 
-    Stages: surrogate, generator, shards, victims, report, into RUNS_DIR/NAME/. Exit 0 on
-    verdict PASS, 3 on FAIL, 4 on INCONCLUSIVE, 1 on an error.
+    Stages: surrogate, generator, shards, victims, report, into RUNS_DIR/NAME/. A recipe with a
+    [budget] table then runs again at each of its epsilons (RUNS_DIR/NAME/budget/, as `mtlue budget`)
+    and prints the curve and the smallest passing ε. Exit 0 on verdict PASS, 3 on FAIL, 4 on
+    INCONCLUSIVE (the recipe's own ε decides), 1 on an error.
 
     The verdict and its exit status are also written to RUNS_DIR/NAME/report/verdict.status (e.g.
     "FAIL 3"). Under torchrun every process exits 0 on a verdict (torchrun reports any other status as
@@ -46,7 +49,8 @@ def run(recipe, name, runs_dir, resume, fresh, jobs, device, no_check_store, qui
         raise click.UsageError("--resume and --fresh exclude each other")
     dist = distributed(resolve_device(device))
     torch_device = dist.device
-    outcome = run_pipeline(load_recipe(recipe, name, overrides), runs_dir, device=torch_device, resume=resume, fresh=fresh,
+    loaded = load_recipe(recipe, name, overrides)
+    outcome = run_pipeline(loaded, runs_dir, device=torch_device, resume=resume, fresh=fresh,
                            progress=not quiet, log=lambda line: click.echo(line, err=True),
                            jobs=jobs_count(jobs, dist),
                            check_store=not no_check_store, dist=dist)
@@ -54,7 +58,18 @@ def run(recipe, name, runs_dir, resume, fresh, jobs, device, no_check_store, qui
         return
     result = VerificationResult.from_json(outcome["report"])
     click.echo(format_verdict_text(result))
+    print_diagnostics(result)
     click.echo(f"report: {os.path.join(outcome['report_dir'], 'report.md')}")
+    if loaded.budget.get("epsilons") and not dist.distributed:
+        from mtlue.budget import budget_lines, run_budget
+
+        curve = run_budget(loaded, loaded.budget["epsilons"], runs_dir, device=torch_device, progress=not quiet,
+                           log=lambda line: click.echo(line, err=True), jobs=jobs_count(jobs, dist),
+                           check_store=not no_check_store)
+        click.echo("budget: the recipe at each ε of [budget] epsilons")
+        for line in budget_lines(curve):
+            click.echo(line)
+        click.echo(f"budget: {os.path.join(os.path.dirname(outcome['report_dir']), 'budget', 'budget.md')}")
     verdict_exit(result, outcome["report_dir"])
 
 

@@ -48,11 +48,14 @@ from mtlue.weighting import PAPER_WEIGHTINGS
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--no-check-store", "no_check_store", is_flag=True,
               help="Do not re-check a --clean store's shards (STORE itself is always verified: it is what is judged).")
+@click.option("--no-diagnostics", "no_diagnostics", is_flag=True,
+              help="Skip the release diagnostics (δ probe, intra-class variance, budget stored, one-epoch shortcut "
+                   "speed: about two small_cnn epochs), which the report and manifest otherwise hold.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @reports_errors
 def verify(store, clean_spec, profiles, weightings, stl, seeds, defenses, defense_weightings, defense_profiles,
            backbone, epochs, batch_size, lr, optimizer, momentum, schedule, augment, grad_space, max_learnability,
-           min_clean_gain, binary_metric, jobs, out_dir, device, no_check_store, quiet):
+           min_clean_gain, binary_metric, jobs, out_dir, device, no_check_store, no_diagnostics, quiet):
     """Check that a protected release is unlearnable: retrain victims on STORE and on clean data.
 
     Every attacker profile x weighting is a verdict row, judged at its worst seed by retained
@@ -98,14 +101,30 @@ def verify(store, clean_spec, profiles, weightings, stl, seeds, defenses, defens
     protected, clean = open_source(store), open_source(clean_spec)
     out_dir = out_dir or os.path.normpath(store) + ".verify"
     result = run_verification(protected, clean, config, out_dir, torch_device, progress=not quiet and dist.is_main,
-                              jobs=jobs, dist=dist)
+                              jobs=jobs, dist=dist, diagnostics=not no_diagnostics)
     if not dist.is_main:
         return
     if getattr(protected, "store_dir", None):  # a release keeps its bytes: the summary is in OUT only
         update_manifest(store, "verification", verification_summary(result))
     click.echo(format_verdict_text(result))
+    print_diagnostics(result)
     click.echo(f"report: {os.path.join(out_dir, 'report.md')}")
     verdict_exit(result, out_dir)
+
+
+def print_diagnostics(result) -> None:
+    """The release diagnostics table, when the report holds one."""
+    found = (result.notes or {}).get("diagnostics")
+    if found and "skipped_reason" not in found:
+        from mtlue.diagnostics import format_diagnostics
+
+        click.echo("diagnostics (per task; see report.md):")
+        click.echo(format_diagnostics(found))
+    placed = (result.notes or {}).get("budget")
+    if placed:
+        from mtlue.budget import placement_line
+
+        click.echo(placement_line(placed))
 
 
 command = verify  # registered by cli.py

@@ -81,11 +81,14 @@ class CifarResNet(PooledBlocks):
         super().__init__(layers, channels)
 
 
-def _resnet(name: str, in_channels: int, image_size: int):
+def _resnet(name: str, in_channels: int, image_size: int, small_input_stem: bool = True):
+    """A torchvision ResNet without weights; under SMALL_INPUT_PX a 3×3/1 stem without max-pool (the CIFAR
+    variant) unless `small_input_stem` is False (the ImageNet 7×7/2 + max-pool stem: 16× fewer stem pixels,
+    the variant a CPU can train in minutes)."""
     import torchvision
 
     net = getattr(torchvision.models, name)(weights=None)
-    if image_size < SMALL_INPUT_PX:
+    if image_size < SMALL_INPUT_PX and small_input_stem:
         net.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
         net.maxpool = nn.Identity()
     elif in_channels != 3:
@@ -160,6 +163,7 @@ def _cifar_resnet(depth: int):
 BUILDERS = {
     "resnet18": lambda in_channels, image_size: _resnet("resnet18", in_channels, image_size),
     "resnet50": lambda in_channels, image_size: _resnet("resnet50", in_channels, image_size),
+    "resnet18_imagenet_stem": lambda in_channels, image_size: _resnet("resnet18", in_channels, image_size, False),
     "vgg16_bn": _vgg16_bn,
     "densenet121": _densenet121,
     "vit_b_16": _vit_b_16,

@@ -1,7 +1,7 @@
 """Unlearnable-example methods and their registry (name -> method class, imported on use, and its settings).
 
 mtlue: the MTL-UE generator over an EM/TAP/SEP base loss; em/tap/sep: per-sample PGD
-baselines; lsp/ar: class-wise baselines.
+baselines; lsp/ar: class-wise baselines; texture: class-wise stationary tiles, one task per pixel.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 from mtlue.errors import ConfigError
 from mtlue.protect.config import (ClasswiseConfig, EMConfig, MTLUEConfig, ProtectConfig, SEPConfig, TAPConfig,
-                                  option_flag)
+                                  TextureConfig, option_flag)
 from mtlue.registry import load_registered
 
 
@@ -26,6 +26,7 @@ METHODS = {
     "sep": Registered("mtlue.protect.sep:SEPMethod", SEPConfig),
     "lsp": Registered("mtlue.protect.lsp:LSPMethod", ClasswiseConfig),
     "ar": Registered("mtlue.protect.ar:ARMethod", ClasswiseConfig),
+    "texture": Registered("mtlue.protect.texture:TextureMethod", TextureConfig),
 }
 # ProtectConfig fields a flat option dict may set for any method
 COMMON_OPTIONS = ("method", "epsilon", "batch_size", "protect_tasks", "poison_rate", "seed", "surrogate", "work_dir")

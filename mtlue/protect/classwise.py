@@ -85,7 +85,7 @@ class PatternTable:
         chosen[~present] = 0.0
         return chosen
 
-    def fuse(self, labels: dict, masks: dict, fusion: str, protected: tuple) -> np.ndarray:
+    def fuse(self, labels: dict, masks: dict, fusion: str, protected: tuple, owner: np.ndarray | None = None) -> np.ndarray:
         """Fused pattern (N,H,W,C) float32 for label/mask arrays keyed by task name (see module doc)."""
         names = self.task_names
         count = len(next(iter(labels.values())))
@@ -106,7 +106,29 @@ class PatternTable:
                 cell = pattern[:, ::side, ::side][:, :cell_h, :cell_w]
                 fused[:, row * cell_h:(row + 1) * cell_h, col * cell_w:(col + 1) * cell_w] = cell
             return fused
-        raise ProtectionError(f"--fusion {fusion!r}: one of average, patch")
+        if fusion == "interleave":
+            if owner is None:
+                raise ProtectionError("--fusion interleave: no ownership map (the method did not build one)")
+            for k, name in enumerate(names):
+                if name in protected:
+                    pattern = self.task_patterns(name, labels[name], masks[name], True)
+                    fused += np.where(owner[None, :, :, None] == k, pattern, 0.0)
+            return fused
+        raise ProtectionError(f"--fusion {fusion!r}: one of average, patch, interleave")
+
+
+def interleave_owner(names: tuple, protected: tuple, image_shape: tuple, period: int,
+                     rng: np.random.Generator) -> np.ndarray:
+    """(H, W) int: the index in `names` of the task owning each pixel; a period×period tile whose positions are
+    shared among the protected tasks as evenly as possible (seeded order), repeated over the image."""
+    chosen = [k for k, name in enumerate(names) if name in protected]
+    if not chosen:
+        raise ProtectionError("--fusion interleave: no protected classification task to give pixels to")
+    height, width = image_shape[:2]
+    cells = period * period
+    tile = np.array([chosen[i % len(chosen)] for i in range(cells)], dtype=np.int64)[rng.permutation(cells)]
+    tile = tile.reshape(period, period)
+    return np.tile(tile, (-(-height // period), -(-width // period)))[:height, :width]
 
 
 def scale_to_budget(pattern: np.ndarray, norm: str, eps: float, target_l2: float) -> np.ndarray:
@@ -145,6 +167,7 @@ class ClasswiseMethod(ProtectionMethod):
     def __init__(self, config):
         super().__init__(config)
         self.table: PatternTable | None = None
+        self.owner: np.ndarray | None = None  # interleave fusion: the task index owning each pixel
         self.protected: tuple = ()
         self.budget: dict = {}
 
@@ -174,6 +197,9 @@ class ClasswiseMethod(ProtectionMethod):
         self.table = PatternTable({t.name: self.build_patterns(t, positions[t.name], image_shape) for t in tasks},
                                   image_shape)
         self.protected = tuple(n for n in context.protected_tasks if n in self.table.patterns)
+        if self.settings.fusion == "interleave":
+            self.owner = interleave_owner(self.table.task_names, self.protected, image_shape, self.settings.period,
+                                          self.task_generator(len(context.tasks)))
         self.save_table(context.work_dir / f"{self.name}_patterns.npz")
         self.budget = self.measure_budget()
 
@@ -185,7 +211,7 @@ class ClasswiseMethod(ProtectionMethod):
         fsync_replace(str(tmp), str(path))
 
     def delta_for(self, labels: dict, masks: dict) -> np.ndarray:
-        fused = self.table.fuse(labels, masks, self.settings.fusion, self.protected)
+        fused = self.table.fuse(labels, masks, self.settings.fusion, self.protected, self.owner)
         return scale_to_budget(fused, self.settings.pattern_norm, self.config.eps, self.target_l2)
 
     def perturb(self, batch, device) -> np.ndarray:
@@ -234,6 +260,9 @@ class ClasswiseMethod(ProtectionMethod):
         }
         if settings.fusion == "patch" and self.table:
             info["fusion_grid"] = fusion_grid_size(len(self.table.task_names))
+        if settings.fusion == "interleave" and self.owner is not None:
+            info["interleave_period"] = settings.period
+            info["interleave_pixels"] = {n: int((self.owner == k).sum()) for k, n in enumerate(self.table.task_names)}
         info.update(self.method_fields())
         info.update(self.budget)
         return info

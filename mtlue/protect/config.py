@@ -18,7 +18,7 @@ from mtlue.errors import ConfigError
 
 BASES = ("em", "tap", "sep")
 OBJECTIVES = ("total", "dgba")
-FUSIONS = ("average", "patch")
+FUSIONS = ("average", "patch", "interleave")
 NORMS = ("linf", "l2")
 AUGMENTS = ("auto", "crop_flip", "crop", "none")
 GENERATOR_STEMS = ("auto", "cifar", "imagenet")
@@ -228,13 +228,15 @@ class ClasswiseConfig(MethodConfig):
 
     uses_surrogate: ClassVar[bool] = False
 
-    fusion: str = setting("average")  # how the K task patterns combine: average | patch
+    fusion: str = setting("average")  # how the K task patterns combine: average | patch | interleave
     norm: str | None = setting(None)  # linf | l2 (None: l2, the LSP/AR papers' budget)
+    period: int = setting(8)  # interleave fusion (and texture tiles): the side of the repeated tile, in pixels
 
     def __post_init__(self):
         check_choice("fusion", self.fusion, FUSIONS)
         if self.norm is not None:
             check_choice("norm", self.norm, NORMS)
+        check_at_least("period", self.period, 1)
 
     @property
     def pattern_norm(self) -> str:
@@ -244,6 +246,18 @@ class ClasswiseConfig(MethodConfig):
     @property
     def budget_norm(self) -> str:
         return self.pattern_norm
+
+
+@dataclass(frozen=True)
+class TextureConfig(ClasswiseConfig):
+    """texture: class-wise stationary ±ε tiles, each pixel of the tile owned by one task (interleave), L∞."""
+
+    fusion: str = setting("interleave")
+    norm: str | None = setting("linf")
+
+    @property
+    def pattern_norm(self) -> str:
+        return self.norm or "linf"
 
 
 @dataclass(frozen=True)

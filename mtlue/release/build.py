@@ -83,6 +83,7 @@ def _release_record(store, fmt: str, splits: dict) -> dict:
     return {"schema": SCHEMA, "format": fmt, "tasks": [t.to_json() for t in store.tasks],
             "image_shape": list(store.image_shape), "splits": splits,
             "protection": manifest.get("protection"), "verification": manifest.get("verification"),
+            "budget": manifest.get("budget"),
             "source": manifest.get("source"), "store_manifest_sha256": manifest_sha, "image_encoding": "png",
             "software": release_software(FORMAT_LIBRARY[fmt])}
 

@@ -33,7 +33,7 @@ def dataset_card(release: dict) -> str:
         "- multi-task-learning", "---", "", f"# {title}", "",
         _summary(release), "",
         "## Protection", "", *_protection(release), "",
-        "## Verification", "", *_verification(verification), "",
+        "## Verification", "", *_verification(verification), "", *_budget(release.get("budget")),
         "## Threat model", "", *_threat_model(protection), "",
         "## Publishing rules", "", *_publishing_rules(release), "",
         "## Tasks", "", "| task | kind | classes |", "|---|---|---|",
@@ -117,6 +117,19 @@ def _verification(verification: dict | None) -> list:
     if verification.get("verified"):
         lines += ["", f"Verified {verification['verified']}."]
     return lines
+
+
+def _budget(measured: dict | None) -> list:
+    """Where the release's ε falls on a measured budget curve (`mtlue budget`), when one was measured."""
+    if not measured:
+        return []
+    rows = [f"| {c[0]} | {_fmt(c[1])} | {c[2]} |" for c in measured.get("curve") or []]
+    smallest = measured.get("smallest_passing_epsilon")
+    need = (f"The smallest listed ε that passes is {smallest}/255." if smallest is not None
+            else "No listed ε passes.")
+    return ["## Budget", "", f"This release uses ε = {measured.get('epsilon')}/255. Measured curve for "
+            f"{measured.get('source')} ({measured.get('method')}): worst retained learnability per ε. {need}", "",
+            "| ε (/255) | worst retained learnability | verdict |", "|---|---|---|", *rows, ""]
 
 
 def _threat_model(protection: dict | None) -> list:
