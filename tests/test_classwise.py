@@ -29,6 +29,8 @@ def source():
 
 
 def prepared(source, tmp_path, **changes):
+    if changes.get("method") == "ar":  # these tests check the class-wise table: one fixed AR sample per class
+        changes.setdefault("fresh", False)
     config = protect_config({"method": "lsp", "batch_size": 32, **changes})
     method = method_class(config.method)(config)
     method.prepare(ProtectContext(source, config, CPU, tmp_path / f"work-{config.method}", progress=False))
@@ -166,8 +168,38 @@ def test_protected_store_verifies_and_records_the_method(source, tmp_path, metho
     assert record["method"] == method and record["fusion"] == fusion and record["norm"] == "l2"
     # the shared settings and the class-wise ones only: no surrogate, generator or PGD fields
     assert set(record["config"]) == {"method", "epsilon", "batch_size", "protect_tasks", "poison_rate", "seed",
-                                     "fusion", "norm", "period"}
+                                     "fusion", "norm", "period"} | ({"fresh"} if method == "ar" else set())
     assert "surrogate" not in record and "base" not in record and "lambda_intra" not in record
     assert len(record["pattern_table_sha256"]) == 64
     assert record["measured_l2_mean"] <= record["target_l2"]
     assert manifest["splits"]["train"]["count"] == 64
+
+
+def test_ar_draws_a_fresh_sample_of_the_class_process_per_image(source, tmp_path):
+    """AR paper: each image gets its own sample of its class's process; the class filter predicts it."""
+    from mtlue.protect.ar import BORDER, autoregressive_fields
+
+    model = prepared(source, tmp_path, method="ar", fresh=True)
+    rows = [[1, 2, 0, 3, 1]] * 3
+    batch = label_batch(source, rows)
+    batch.index[:] = [5, 6, 5]
+    delta = model.perturb(batch, CPU)
+    assert not np.allclose(delta[0], delta[1])  # same labels, other image: another sample
+    assert np.array_equal(delta[0], delta[2])  # same image: the same bytes every time
+    fixed = prepared(source, tmp_path / "fixed", method="ar", fresh=False)
+    fixed_delta = fixed.perturb(batch, CPU)
+    assert np.array_equal(fixed_delta[0], fixed_delta[1])  # --no-fresh: one pattern per label vector
+    # the mechanism: a class's own causal filter leaves only the driving noise of its samples
+    _, filters = model.filters["colour"]
+    rng = np.random.default_rng(0)
+    height, width, channels = source.image_shape
+    noise = rng.standard_normal((1, channels, height + BORDER, width + BORDER))
+    field = autoregressive_fields(filters[:1], height, width, None, noise)[0].transpose(2, 0, 1)
+
+    def residual(coefficients):
+        out = []
+        for c in range(channels):
+            window = np.lib.stride_tricks.sliding_window_view(field[c], (3, 3)).reshape(height - 2, width - 2, 9)
+            out.append(window[..., 8] - (window[..., :8] * coefficients[c]).sum(-1))
+        return float(np.var(out))
+    assert residual(filters[0]) < 0.8 * residual(filters[1])

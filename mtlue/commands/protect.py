@@ -119,6 +119,9 @@ def _surrogate_help(text: str) -> str:
 @click.option("--period", type=click.IntRange(min=1), default=_default("period"), show_default=True,
               help=_for("period", "Side in pixels of the repeated tile of texture patterns and of interleave "
                                   "fusion's pixel ownership."))
+@click.option("--fresh/--no-fresh", "fresh", default=_default("fresh"), show_default=True,
+              help=_for("fresh", "A fresh sample of the class's AR process per image, as the AR paper "
+                                 "(--no-fresh: one fixed sample per class)."))
 @click.option("--device", default="auto", show_default=True, help="auto · cpu · cuda · cuda:N.")
 @click.option("--work-dir", default=None, type=click.Path(file_okay=False),
               help="Generator/surrogate checkpoints (default: STORE.work/ beside the store).")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from mtlue.errors import ConfigError
-from mtlue.protect.config import (ClasswiseConfig, EMConfig, MTLUEConfig, ProtectConfig, SEPConfig, TAPConfig,
+from mtlue.protect.config import (ARConfig, ClasswiseConfig, EMConfig, MTLUEConfig, ProtectConfig, SEPConfig, TAPConfig,
                                   TextureConfig, option_flag)
 from mtlue.registry import load_registered
 
@@ -25,7 +25,7 @@ METHODS = {
     "tap": Registered("mtlue.protect.tap:TAPMethod", TAPConfig),
     "sep": Registered("mtlue.protect.sep:SEPMethod", SEPConfig),
     "lsp": Registered("mtlue.protect.lsp:LSPMethod", ClasswiseConfig),
-    "ar": Registered("mtlue.protect.ar:ARMethod", ClasswiseConfig),
+    "ar": Registered("mtlue.protect.ar:ARMethod", ARConfig),
     "texture": Registered("mtlue.protect.texture:TextureMethod", TextureConfig),
 }
 # ProtectConfig fields a flat option dict may set for any method

@@ -6,13 +6,19 @@ left, a ~ N(0, 1) rescaled to Σ|a| = 0.95 so the process stays bounded) drives 
     x[i, j] = Σ_k a_k · x[neighbour_k(i, j)] + w[i, j]
 The first 4 rows and columns (start-up transient) are cropped and the H×W result normalised to unit L2.
 L2 budget (paper): ‖δ‖₂ = 1.0 over the whole image on the [0, 1] scale, then clipped to ε.
+
+As the AR paper, every image draws a fresh sample of its class's process (`fresh`, the default): the filter a is
+the class's, the driving noise w is the image's own, seeded by (seed, task, global index), so the same image
+always gets the same δ and two images of a class share the process, not the pattern. The AR filter (a 3×3
+convolution with [a, −1]) annihilates every sample of its class, which is the mechanism. `fresh = false` keeps
+one fixed sample per class (the earlier mtlue behaviour and the MTL-UE reference's table).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from mtlue.protect.classwise import ClasswiseMethod, unit_l2
+from mtlue.protect.classwise import ClasswiseMethod, fuse_patterns, unit_l2
 
 WINDOW = 3
 BORDER = 4  # cropped start-up rows/columns
@@ -26,10 +32,13 @@ def random_filters(count: int, channels: int, rng: np.random.Generator) -> np.nd
     return coefficients * (COEFFICIENT_L1 / np.abs(coefficients).sum(axis=-1, keepdims=True))
 
 
-def autoregressive_fields(filters: np.ndarray, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
-    """(P, H, W, C) AR textures, one per filter set in `filters` (P, C, 8)."""
+def autoregressive_fields(filters: np.ndarray, height: int, width: int, rng: np.random.Generator | None,
+                          noise: np.ndarray | None = None) -> np.ndarray:
+    """(P, H, W, C) AR textures, one per filter set in `filters` (P, C, 8), driven by `noise`
+    (P, C, H+4, W+4; drawn from `rng` when not given)."""
     count, channels, _ = filters.shape
-    noise = rng.standard_normal((count, channels, height + BORDER, width + BORDER))
+    if noise is None:
+        noise = rng.standard_normal((count, channels, height + BORDER, width + BORDER))
     field = noise.copy()
     last = WINDOW - 1
     for i in range(last, height + BORDER):
@@ -52,8 +61,41 @@ class ARMethod(ClasswiseMethod):
         height, width, channels = image_shape
         rng = self.task_generator(position)
         filters = random_filters(task.num_classes, channels, rng)
+        self.filters = {**getattr(self, "filters", {}), task.name: (position, filters)}
         return unit_l2(autoregressive_fields(filters, height, width, rng))
+
+    def delta_for(self, labels: dict, masks: dict, index=None) -> np.ndarray:
+        if not self.settings.fresh or index is None:
+            return super().delta_for(labels, masks, index)
+        from mtlue.protect.classwise import scale_to_budget
+
+        height, width, channels = self.table.image_shape
+        chosen = {}
+        for name in self.table.task_names:
+            position, filters = self.filters[name]
+            present = np.asarray(masks[name], dtype=bool)
+            if name not in self.protected:
+                chosen[name] = self.table.task_patterns(name, labels[name], masks[name], False)
+                continue
+            classes = np.where(present, np.rint(np.asarray(labels[name], dtype=np.float64)).astype(np.int64), 0)
+            self.table.task_patterns(name, labels[name], masks[name], True)  # checks the labels' range
+            noise = np.stack([self.sample_generator(position, i).standard_normal((channels, height + BORDER,
+                                                                                    width + BORDER))
+                              for i in np.asarray(index)])
+            fields = autoregressive_fields(filters[classes], height, width, None, noise)
+            fields = unit_l2(fields)
+            fields[~present] = 0.0
+            chosen[name] = fields
+        fused = fuse_patterns(chosen, self.table.image_shape, self.settings.fusion, self.protected, self.owner)
+        return scale_to_budget(fused, self.settings.pattern_norm, self.config.eps, self.target_l2)
+
+    def sample_generator(self, position: int, index: int) -> np.random.Generator:
+        """The driving noise of one image's sample: seed, method, task position and the image's global index."""
+        return np.random.default_rng([int(self.config.seed), 0xA2, position, int(index)])
 
     def method_fields(self) -> dict:
         return {"ar_window": WINDOW, "ar_coefficient_l1": COEFFICIENT_L1, "ar_cropped_border": BORDER,
-                "pattern_rule": "causal 3x3 AR process driven by N(0,1) noise, per channel, unit L2"}
+                "ar_fresh_per_image": self.settings.fresh,
+                "pattern_rule": "causal 3x3 AR process driven by N(0,1) noise, per channel, unit L2"
+                                + ("; a fresh sample per image (noise seeded by the global index)"
+                                   if self.settings.fresh else "; one fixed sample per class")}

@@ -87,34 +87,40 @@ class PatternTable:
 
     def fuse(self, labels: dict, masks: dict, fusion: str, protected: tuple, owner: np.ndarray | None = None) -> np.ndarray:
         """Fused pattern (N,H,W,C) float32 for label/mask arrays keyed by task name (see module doc)."""
-        names = self.task_names
-        count = len(next(iter(labels.values())))
-        height, width, channels = self.image_shape
-        fused = np.zeros((count, height, width, channels), dtype=np.float32)
-        if fusion == "average":
-            for name in names:
-                fused += self.task_patterns(name, labels[name], masks[name], name in protected)
-            return fused / len(names)
-        if fusion == "patch":
-            side = fusion_grid_size(len(names))
-            cell_h, cell_w = height // side, width // side
-            if cell_h < 1 or cell_w < 1:
-                raise ProtectionError(f"--fusion patch: a {side}x{side} grid does not fit a {height}x{width} image")
-            for k, name in enumerate(names):
-                row, col = divmod(k, side)
-                pattern = self.task_patterns(name, labels[name], masks[name], name in protected)
-                cell = pattern[:, ::side, ::side][:, :cell_h, :cell_w]
-                fused[:, row * cell_h:(row + 1) * cell_h, col * cell_w:(col + 1) * cell_w] = cell
-            return fused
-        if fusion == "interleave":
-            if owner is None:
-                raise ProtectionError("--fusion interleave: no ownership map (the method did not build one)")
-            for k, name in enumerate(names):
-                if name in protected:
-                    pattern = self.task_patterns(name, labels[name], masks[name], True)
-                    fused += np.where(owner[None, :, :, None] == k, pattern, 0.0)
-            return fused
-        raise ProtectionError(f"--fusion {fusion!r}: one of average, patch, interleave")
+        chosen = {name: self.task_patterns(name, labels[name], masks[name], name in protected)
+                  for name in self.task_names}
+        return fuse_patterns(chosen, self.image_shape, fusion, protected, owner)
+
+
+def fuse_patterns(chosen: dict, image_shape: tuple, fusion: str, protected: tuple,
+                  owner: np.ndarray | None = None) -> np.ndarray:
+    """Fuse each task's per-sample patterns (name -> (N,H,W,C), in task order) as `fusion` says (module doc)."""
+    names = tuple(chosen)
+    count = len(next(iter(chosen.values())))
+    height, width, channels = image_shape
+    fused = np.zeros((count, height, width, channels), dtype=np.float32)
+    if fusion == "average":
+        for name in names:
+            fused += chosen[name]
+        return fused / len(names)
+    if fusion == "patch":
+        side = fusion_grid_size(len(names))
+        cell_h, cell_w = height // side, width // side
+        if cell_h < 1 or cell_w < 1:
+            raise ProtectionError(f"--fusion patch: a {side}x{side} grid does not fit a {height}x{width} image")
+        for k, name in enumerate(names):
+            row, col = divmod(k, side)
+            cell = chosen[name][:, ::side, ::side][:, :cell_h, :cell_w]
+            fused[:, row * cell_h:(row + 1) * cell_h, col * cell_w:(col + 1) * cell_w] = cell
+        return fused
+    if fusion == "interleave":
+        if owner is None:
+            raise ProtectionError("--fusion interleave: no ownership map (the method did not build one)")
+        for k, name in enumerate(names):
+            if name in protected:
+                fused += np.where(owner[None, :, :, None] == k, chosen[name], 0.0)
+        return fused
+    raise ProtectionError(f"--fusion {fusion!r}: one of average, patch, interleave")
 
 
 def interleave_owner(names: tuple, protected: tuple, image_shape: tuple, period: int,
@@ -210,7 +216,8 @@ class ClasswiseMethod(ProtectionMethod):
             np.savez(fh, **self.table.patterns)
         fsync_replace(str(tmp), str(path))
 
-    def delta_for(self, labels: dict, masks: dict) -> np.ndarray:
+    def delta_for(self, labels: dict, masks: dict, index: np.ndarray | None = None) -> np.ndarray:
+        """δ per sample; `index` (the samples' global ids) matters only to methods that draw per sample (AR)."""
         fused = self.table.fuse(labels, masks, self.settings.fusion, self.protected, self.owner)
         return scale_to_budget(fused, self.settings.pattern_norm, self.config.eps, self.target_l2)
 
@@ -218,18 +225,21 @@ class ClasswiseMethod(ProtectionMethod):
         if self.table is None:
             raise ProtectionError(f"method {self.name!r}: perturb called before prepare")
         names = self.table.task_names
-        return self.delta_for({n: batch.labels[n] for n in names}, {n: batch.masks[n] for n in names})
+        return self.delta_for({n: batch.labels[n] for n in names}, {n: batch.masks[n] for n in names},
+                              np.asarray(batch.index))
 
     def measure_budget(self) -> dict:
         """Mean / min / max L2 of δ and the share of clipped pixels over the train split's label vectors."""
         names = self.table.task_names
         arrays = {n: self.context.source.label_array(self.context.split, n) for n in names}
         count = len(arrays[names[0]][0]) if names else 0
+        index = self.context.source.index_array(self.context.split)
         l2, clipped, pixels = [], 0, 0
         eps = np.float32(self.config.eps)
         for lo in range(0, count, MEASURE_BATCH):
             hi = min(lo + MEASURE_BATCH, count)
-            delta = self.delta_for({n: arrays[n][0][lo:hi] for n in names}, {n: arrays[n][1][lo:hi] for n in names})
+            delta = self.delta_for({n: arrays[n][0][lo:hi] for n in names}, {n: arrays[n][1][lo:hi] for n in names},
+                                   index[lo:hi])
             flat = delta.reshape(hi - lo, -1)
             l2.append(np.linalg.norm(flat.astype(np.float64), axis=1))
             clipped += int(np.count_nonzero(np.abs(flat) >= eps))

@@ -249,6 +249,13 @@ class ClasswiseConfig(MethodConfig):
 
 
 @dataclass(frozen=True)
+class ARConfig(ClasswiseConfig):
+    """AR: ClasswiseConfig plus `fresh`: a fresh sample of the class's process per image (the AR paper)."""
+
+    fresh: bool = setting(True)
+
+
+@dataclass(frozen=True)
 class TextureConfig(ClasswiseConfig):
     """texture: class-wise stationary ±ε tiles, each pixel of the tile owned by one task (interleave), L∞."""
 
