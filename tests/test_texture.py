@@ -90,3 +90,18 @@ def test_budget_stored_counts_clipping_at_the_bounds():
     stored = np.array([[0, 136, 255, 12]], dtype=np.uint8).reshape(1, 1, 4, 1)
     found = budget_stored(stored.astype(np.float32) - clean, clean, 8.0)
     assert found["cut_share"] == 0.5 and found["cut_at_clip_share"] == 0.5
+
+
+def test_an_em_loop_reports_whether_its_stop_rule_or_its_cap_ended_it(source, tmp_path, capsys):
+    from mtlue.protect.base import stop_report
+
+    assert stop_report([{"poisoned_train_error": 0.4, "stop": False}, {"poisoned_train_error": 0.005, "stop": True}],
+                       8) == {"stopped_by": "stop_rule", "poisoned_error_curve": [0.4, 0.005]}
+    assert stop_report([{"poisoned_train_error": 0.4, "stop": False}], 1)["stopped_by"] == "cap"
+    config = protect_config({"method": "em", "epochs": 1, "steps": 2, "surrogate_steps": 2, "batch_size": 32})
+    manifest = protect_source(source, tmp_path / "em", config, CPU, progress=True)
+    record = manifest["protection"]
+    assert len(record["poisoned_error_curve"]) == 1 and record["stopped_by"] in ("cap", "stop_rule")
+    out = capsys.readouterr().out
+    assert "em round 1/1: poisoned-train error" in out
+    assert ("stopped at the cap of 1 rounds" in out) == (record["stopped_by"] == "cap")  # said, never silent

@@ -153,3 +153,11 @@ class ProtectionMethod:
         """Method-specific fields of the protection record in manifest.json."""
         return {}
 
+
+def stop_report(history: list, cap: int) -> dict:
+    """How an EM loop ended (the MTL-UE generator's records in `history`): the stop rule met (poisoned-train
+    error ≤ stop_error), or the cap hit first; with the error after every outer iteration."""
+    errors = [h.get("poisoned_train_error") for h in history if isinstance(h.get("poisoned_train_error"), float)]
+    met = bool(history and history[-1].get("stop"))
+    return {"stopped_by": "stop_rule" if met else ("cap" if len(history) >= cap else "unfinished"),
+            "poisoned_error_curve": errors}

@@ -59,9 +59,16 @@ class EMMethod(ProtectionMethod):
             self.history.append(error)
             atomic_torch_save({"key": key, "delta": self.delta, "round": round_index + 1, "history": self.history,
                                "model": model.state_dict(), "optimiser": optimiser.state_dict()}, state_path)
+            if context.progress:
+                print(f"[protect] em round {round_index + 1}/{settings.rounds}: poisoned-train error {error:.4g} "
+                      f"(stops at <= {settings.stop_error:g})", flush=True)
             context.iteration_done(round_index)
             if error <= settings.stop_error:
                 break
+        if self.history and self.history[-1] > settings.stop_error and len(self.history) >= settings.rounds:
+            print(f"[protect] em: stopped at the cap of {settings.rounds} rounds with poisoned-train error "
+                  f"{self.history[-1]:.4g} > {settings.stop_error:g} (the stop rule was not met; --epochs raises the "
+                  f"cap and resumes)", flush=True)
 
     def _state_key(self) -> str:
         """JSON of every input of the saved δ: the resume settings it was optimised with and the data.
@@ -90,7 +97,11 @@ class EMMethod(ProtectionMethod):
         attack = PGD(model, eps=config.eps, alpha=self.alpha, steps=self.steps, random_start=False,
                      objective=self.settings.objective, targeted=True)
         errors = PoisonedError(context.tasks, context.protected_tasks)
-        for batch in context.batches(config.batch_size):
+        from tqdm.auto import tqdm
+
+        count = len(self.position)
+        for batch in tqdm(context.batches(config.batch_size), total=-(-count // config.batch_size), leave=False,
+                          desc="em noise (PGD per sample)", disable=not context.progress):
             images, labels, masks = batch_tensors(batch, context.device)
             start, positions = self._poisoned(images, batch.index)
             poisoned = attack(images, labels, only_protected(masks, context.protected_tasks), start=start)
@@ -108,4 +119,7 @@ class EMMethod(ProtectionMethod):
         settings = self.settings
         return {"steps": self.steps, "step_size": self.alpha * 255, "objective": settings.objective,
                 "rounds": len(self.history), "poisoned_train_error": self.history[-1] if self.history else None,
-                "stop_error": settings.stop_error, "surrogate_steps_per_round": settings.surrogate_steps}
+                "stop_error": settings.stop_error, "surrogate_steps_per_round": settings.surrogate_steps,
+                "stopped_by": ("stop_rule" if self.history and self.history[-1] <= settings.stop_error
+                               else "cap" if len(self.history) >= settings.rounds else "unfinished"),
+                "poisoned_error_curve": list(self.history)}

@@ -22,7 +22,7 @@ from mtlue.distributed_training import DataParallel
 from mtlue.errors import ConfigError
 from mtlue.models.generator import build_generator, load_generator, resolve_stem, save_generator
 from mtlue.models.mtl import atomic_torch_save, checkpoint_errors, load_torch_file
-from mtlue.protect.base import ProtectionMethod, ProtectContext
+from mtlue.protect.base import stop_report, ProtectionMethod, ProtectContext
 from mtlue.protect.dense_eot import LabelAwareEOT, dense_flips_allowed, has_dense_tasks
 from mtlue.protect.objectives import base_loss
 from mtlue.protect.robust import RULES as ROBUST_RULES
@@ -225,6 +225,11 @@ class MTLUEMethod(ProtectionMethod):
                 print(f"[protect] generator {iteration + 1}/{cfg.epochs}: " +
                       " ".join(f"{k}={v:.4g}" for k, v in record.items() if isinstance(v, float)), flush=True)
             context.iteration_done(iteration + 1)
+        ended = stop_report(self.history, cfg.epochs)
+        if cfg.base == "em" and ended["stopped_by"] == "cap" and ended["poisoned_error_curve"]:
+            print(f"[protect] generator: stopped at the cap of {cfg.epochs} passes with poisoned-train error "
+                  f"{ended['poisoned_error_curve'][-1]:.4g} > stop_error {cfg.stop_error:g} (the EM stop rule was "
+                  f"not met; --epochs raises the cap and resumes)", flush=True)
 
     def _surrogates(self, context):
         """EM: a fresh trainable model (+ its optimiser); TAP: [clean surrogate]; SEP: its checkpoints."""
@@ -383,7 +388,8 @@ class MTLUEMethod(ProtectionMethod):
                 "effective_lambda_inter": None if self.regulariser_scale is None else cfg.lambda_inter * self.regulariser_scale,
                 "regulariser_note": REGULARISER_NOTE,
                 "protected_tasks": list(self.protected),
-                "generator_history": self.history[-1:] if self.history else []}
+                "generator_history": self.history[-1:] if self.history else [],
+                **(stop_report(self.history, cfg.epochs) if cfg.base == "em" else {})}
         if cfg.generator_path:
             info["generator_path"] = str(cfg.generator_path)
         if self.parallel_record is not None:  # trained under torchrun: world size, global/per-rank batch, bn_sync
