@@ -10,6 +10,7 @@ from mtlue.diagnostics import budget_stored, diagnose, intra_class_variance, sho
 from mtlue.errors import ConfigError
 from mtlue.protect import method_class, protect_config
 from mtlue.protect.base import ProtectContext
+from mtlue.protect.config import SurrogateConfig
 from mtlue.protect.driver import protect_source
 
 CPU = torch.device("cpu")
@@ -105,3 +106,14 @@ def test_an_em_loop_reports_whether_its_stop_rule_or_its_cap_ended_it(source, tm
     out = capsys.readouterr().out
     assert "em round 1/1: poisoned-train error" in out
     assert ("stopped at the cap of 1 rounds" in out) == (record["stopped_by"] == "cap")  # said, never silent
+
+
+def test_tap_records_its_clean_surrogate_scores_and_warns_about_tasks_it_did_not_learn(source, tmp_path, capsys):
+    config = protect_config({"method": "tap", "steps": 2, "batch_size": 32,
+                             "surrogate": SurrogateConfig(backbone="small_cnn", epochs=1, batch_size=32)})
+    record = protect_source(source, tmp_path / "tap", config, CPU, progress=False)["protection"]["surrogate"]
+    assert set(record["clean_test_scores"]) == {t.name for t in source.tasks}
+    for name, found in record["clean_test_scores"].items():
+        assert found["gain"] == pytest.approx((found["score"] - found["chance"]) / (1 - found["chance"]))
+    near = record["near_chance_tasks"]
+    assert (f"learned {', '.join(near)} barely above chance" in capsys.readouterr().out) == bool(near)

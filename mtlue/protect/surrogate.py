@@ -183,9 +183,36 @@ def _train_surrogate(context) -> dict:
     info = {"key": cache_key(context), "source": "trained", "backbone": settings.backbone, "epochs": settings.epochs,
             "batch_size": settings.batch_size, "weighting": settings.weighting,
             "checkpoint_every": settings.checkpoint_interval,
-            "model": MODEL_FILE, "checkpoints": [str(p.relative_to(out_dir)) for p in checkpoints]}
+            "model": MODEL_FILE, "checkpoints": [str(p.relative_to(out_dir)) for p in checkpoints],
+            **surrogate_scores(out_dir / "metrics.json")}
     write_text_atomic(str(out_dir / INFO_FILE), dumps_json(info))
     return info
+
+
+NEAR_CHANCE = 0.1  # a clean surrogate task whose test score clears chance by less than this share of the way to 1
+
+
+def surrogate_scores(metrics_path: Path) -> dict:
+    """The clean surrogate's last-epoch test score per task (from its metrics.json) and the tasks it barely
+    learned, which TAP and SEP cannot aim at: `clean_test_scores` and `near_chance_tasks` (warned about)."""
+    if not metrics_path.is_file():
+        return {"clean_test_scores": None, "near_chance_tasks": None}
+    metrics = json.loads(metrics_path.read_text())
+    scores, near = {}, []
+    for name, metric in (metrics.get("metric") or {}).items():
+        score = (metrics.get("last") or {}).get(name)
+        chance = ((metrics.get("chance") or {}).get(name) or {}).get(metric)
+        if score is None or chance is None or metric not in ("accuracy", "balanced_accuracy", "auc"):
+            continue
+        gain = (score - chance) / (1 - chance) if chance < 1 else 0.0
+        scores[name] = {"metric": metric, "score": score, "chance": chance, "gain": gain}
+        if gain < NEAR_CHANCE:
+            near.append(name)
+    if near:
+        print(f"[protect] warning: the clean surrogate learned {', '.join(near)} barely above chance "
+              f"(gain < {NEAR_CHANCE:g} of the way to a perfect score); TAP/SEP cannot aim at what it does not know: "
+              f"train it longer (--surrogate-epochs) or on a stronger backbone", flush=True)
+    return {"clean_test_scores": scores, "near_chance_tasks": near}
 
 
 def _surrogate_info(context) -> dict:
@@ -210,7 +237,8 @@ def load_or_train_surrogate(context):
         if not path.is_file():
             raise ConfigError(f"--surrogate {given}: no checkpoint file there")
         model, meta = load_checkpoint(str(path), context.device)
-        return freeze(model), {"source": "given", "path": str(path), "sha256": sha256_file(str(path))}
+        return freeze(model), {"source": "given", "path": str(path), "sha256": sha256_file(str(path)),
+                               **surrogate_scores(path.parent / "metrics.json")}
     info = _public(_surrogate_info(context))
     path = context.surrogate_dir / info["model"]
     model, _ = load_checkpoint(str(path), context.device)
