@@ -25,18 +25,24 @@ def flips_allowed(tasks) -> bool:
 
 def build_augmentation(kind: str, tasks, image_shape) -> torch.nn.Module:
     """`kind` ∈ AUGMENTS for (H, W, C) images → a module mapping (N, C, H, W) batches to augmented ones."""
-    import kornia.augmentation as KA
-
     if kind not in AUGMENTS:
         raise ConfigError(f"augment {kind!r}: one of {', '.join(AUGMENTS)}")
     if kind == "none":
         return torch.nn.Identity()
+    return standard_augmentation(image_shape, flip=flips_allowed(tasks))
+
+
+def standard_augmentation(image_shape, flip: bool) -> torch.nn.Module:
+    """The standard augmentation's kornia modules (module doc), with or without the horizontal flip: the one
+    implementation victims train with and the MTL-UE generator's EOT optimises against."""
+    import kornia.augmentation as KA
+
     height, width = int(image_shape[0]), int(image_shape[1])
     if min(height, width) < SMALL_IMAGE_PX:
         steps = [KA.RandomCrop((height, width), padding=max(1, min(height, width) // 8), p=1.0)]
     else:
         steps = [KA.RandomResizedCrop((height, width), scale=RESIZED_CROP_SCALE, p=1.0)]
-    if flips_allowed(tasks):
+    if flip:
         steps.append(KA.RandomHorizontalFlip(p=0.5))
     return torch.nn.Sequential(*steps)
 

@@ -207,7 +207,7 @@ def train_model(config: TrainConfig, train_data, test_data, tasks, device, out_d
     scheduler = build_schedule(config, optimizer)
     moves_labels = config.augment != "none" and dense
     if moves_labels:  # a dense label is tied to pixels: one shift and flip for the image and its label maps
-        from mtlue.protect.dense_eot import LabelAwareEOT, dense_flips_allowed
+        from mtlue.dense_augment import LabelAwareEOT, dense_flips_allowed
 
         augment = LabelAwareEOT("crop_flip" if dense_flips_allowed(tasks) else "crop", first_image.shape[1:], tasks)
     else:

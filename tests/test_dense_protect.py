@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from mtlue.data.base import TaskSpec
 from mtlue.models.generator import build_generator, load_generator
 from mtlue.models.label_maps import encode_label_map, encoded_channels
-from mtlue.protect.dense_eot import LabelAwareEOT, dense_flips_allowed
+from mtlue.dense_augment import LabelAwareEOT, dense_flips_allowed
 from mtlue.protect.objectives import base_target
 
 SEG = TaskSpec("seg", "segmentation", 4)

@@ -8,11 +8,7 @@ import pathlib
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # Cycles that are known and owned elsewhere; each entry names where it is being removed. Keep this empty.
-KNOWN_CYCLES = {
-    # mtlue/protect/config.py's ProtectConfig.__post_init__ imports settings_class from the package that
-    # imports config (issue 23, owned with mtlue/protect/)
-    frozenset({"mtlue.protect", "mtlue.protect.config"}),
-}
+KNOWN_CYCLES: set = set()
 
 
 def module_files() -> dict:

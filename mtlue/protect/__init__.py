@@ -9,8 +9,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from mtlue.errors import ConfigError
-from mtlue.protect.config import (ARConfig, ClasswiseConfig, EMConfig, MTLUEConfig, ProtectConfig, SEPConfig, TAPConfig,
-                                  TextureConfig, option_flag)
+from mtlue.protect.config import METHOD_SETTINGS, ProtectConfig, option_flag
 from mtlue.registry import load_registered
 
 
@@ -19,15 +18,16 @@ class Registered(NamedTuple):
     settings: type  # its MethodConfig subclass
 
 
-METHODS = {
-    "mtlue": Registered("mtlue.protect.mtlue_method:MTLUEMethod", MTLUEConfig),
-    "em": Registered("mtlue.protect.em:EMMethod", EMConfig),
-    "tap": Registered("mtlue.protect.tap:TAPMethod", TAPConfig),
-    "sep": Registered("mtlue.protect.sep:SEPMethod", SEPConfig),
-    "lsp": Registered("mtlue.protect.lsp:LSPMethod", ClasswiseConfig),
-    "ar": Registered("mtlue.protect.ar:ARMethod", ARConfig),
-    "texture": Registered("mtlue.protect.texture:TextureMethod", TextureConfig),
+METHOD_CLASSES = {
+    "mtlue": "mtlue.protect.mtlue_method:MTLUEMethod",
+    "em": "mtlue.protect.em:EMMethod",
+    "tap": "mtlue.protect.tap:TAPMethod",
+    "sep": "mtlue.protect.sep:SEPMethod",
+    "lsp": "mtlue.protect.lsp:LSPMethod",
+    "ar": "mtlue.protect.ar:ARMethod",
+    "texture": "mtlue.protect.texture:TextureMethod",
 }
+METHODS = {name: Registered(path, METHOD_SETTINGS[name]) for name, path in METHOD_CLASSES.items()}
 # ProtectConfig fields a flat option dict may set for any method
 COMMON_OPTIONS = ("method", "epsilon", "batch_size", "protect_tasks", "poison_rate", "seed", "surrogate", "work_dir")
 

@@ -286,9 +286,9 @@ class ProtectConfig:
     settings: MethodConfig | None = None
 
     def __post_init__(self):
-        from mtlue.protect import settings_class
-
-        expected = settings_class(self.method)
+        if self.method not in METHOD_SETTINGS:
+            raise ConfigError(f"--method {self.method!r}: unknown (known: {', '.join(METHOD_SETTINGS)})")
+        expected = METHOD_SETTINGS[self.method]
         if self.settings is None:
             object.__setattr__(self, "settings", expected())
         elif type(self.settings) is not expected:
@@ -331,3 +331,8 @@ class ProtectConfig:
     def with_settings(self, **changes) -> "ProtectConfig":
         """This config with some of the method's settings changed."""
         return replace(self, settings=self.settings.with_(**changes))
+
+
+# method name -> its settings class; mtlue.protect.METHODS pairs each with its ProtectionMethod class
+METHOD_SETTINGS = {"mtlue": MTLUEConfig, "em": EMConfig, "tap": TAPConfig, "sep": SEPConfig, "lsp": ClasswiseConfig,
+                   "ar": ARConfig, "texture": TextureConfig}

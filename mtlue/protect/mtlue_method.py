@@ -23,7 +23,7 @@ from mtlue.errors import ConfigError
 from mtlue.models.generator import build_generator, load_generator, resolve_stem, save_generator
 from mtlue.models.mtl import atomic_torch_save, checkpoint_errors, load_torch_file
 from mtlue.protect.base import stop_report, ProtectionMethod, ProtectContext
-from mtlue.protect.dense_eot import LabelAwareEOT, dense_flips_allowed, has_dense_tasks
+from mtlue.dense_augment import LabelAwareEOT, dense_flips_allowed, has_dense_tasks
 from mtlue.protect.objectives import base_loss
 from mtlue.protect.robust import RULES as ROBUST_RULES
 from mtlue.protect.robust import check_robust_for
@@ -36,7 +36,7 @@ GENERATOR_FILE = "generator.pt"
 # Rules of the training loop that earlier versions ran otherwise; a state saved under others is retrained.
 LOOP_RULES = {"regulariser": "once per surrogate (SEP: per ensemble member)", "em_surrogate": EM_SURROGATE_RULES}
 # ... and what datasets with dense tasks add (their resume keys only)
-DENSE_RULES = {"embedding": "label-map module, no regulariser", "eot": "label-aware (dense_eot)",
+DENSE_RULES = {"embedding": "label-map module, no regulariser", "eot": "label-aware (mtlue.dense_augment)",
                "stop_error": DENSE_ERROR_RULES, "surrogate_depth_heads": "start at the train-mean depth"}
 REGULARISER_NOTE = ("λ_intra·L_intra + λ_inter·L_inter is added to the base loss of each of the regulariser_scale "
                     "surrogates (SEP: its checkpoints, as the reference backpropagates it with every checkpoint), "
@@ -53,17 +53,14 @@ def resolve_augment(kind: str, tasks) -> str:
 
 
 def make_augment(kind: str, image_shape):
-    """EOT before the surrogate: kornia pad-and-crop to the same size (+ horizontal flip)."""
-    import kornia.augmentation as KA
+    """EOT before the surrogate for image-level tasks: the victims' standard augmentation itself
+    (`mtlue.augment.standard_augmentation`: the same kornia crop, or random-resized crop from 96 px, with the
+    flip only for crop_flip), so the generator optimises against the attacker's own transformations."""
+    from mtlue.augment import standard_augmentation
 
     if kind == "none":
         return torch.nn.Identity()
-    height, width = image_shape[0], image_shape[1]
-    pad = max(1, min(height, width) // 8)
-    steps = [KA.RandomCrop((height, width), padding=pad, padding_mode="reflect", p=1.0)]
-    if kind == "crop_flip":
-        steps.append(KA.RandomHorizontalFlip(p=0.5))
-    return torch.nn.Sequential(*steps)
+    return standard_augmentation(image_shape, flip=kind == "crop_flip")
 
 
 def augmented(augment, x: torch.Tensor, labels: dict, parallel=None) -> tuple[torch.Tensor, dict]:

@@ -76,7 +76,7 @@ def train_on_poisoned(model, optimiser, loader, poison, tasks, steps: int, devic
     """EM's alternating surrogate update: `steps` Adam mini-batches of Σ_t ℓ_t(F(x'), y_t) on poisoned
     x' = poison(x, labels, masks, index) (no gradient to δ), gradient norm clipped to 5.0 (Huang et al.
     2021, as the MTL-UE reference runs it). `poison` may return (x', labels') when it moves dense label
-    maps with the image (mtlue.protect.dense_eot). Leaves the model frozen (see `freeze`).
+    maps with the image (mtlue.dense_augment). Leaves the model frozen (see `freeze`).
     Under torchrun (`parallel`, mtlue.distributed_training.DataParallel of `model`) each rank trains on its
     slice of every global batch and the gradients are averaged before the clip."""
     if parallel is not None:

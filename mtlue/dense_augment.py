@@ -1,11 +1,12 @@
-"""EOT for datasets with dense tasks: one random shift and flip applied to the image AND its label maps.
+"""Label-aware augmentation for datasets with dense tasks: one random shift and flip applied to the image AND
+its label maps. Victims (`mtlue.train`) train with it and the MTL-UE generator's EOT optimises against it.
 
-The image-only EOT (`mtlue.protect.mtlue_method.make_augment`) is fine for image-level labels, but a
+The image-only augmentation (`mtlue.augment.standard_augmentation`) is fine for image-level labels, but a
 dense label is tied to pixels: a shifted or flipped image against the unshifted label map teaches the
 surrogate (and the generator) the wrong pixels. Here every sample draws one shift and one flip, and the
 same ones move each dense label map:
 - crop: the image is reflect-padded by 1/8 of its shorter side and cropped back to its size at a random
-  offset (as `make_augment`); label maps are padded with their invalid marker instead (segmentation −1,
+  offset; label maps are padded with their invalid marker instead (segmentation −1,
   depth 0, normals (0,0,0)), so the reflected border carries no label;
 - flip (crop_flip): a horizontal flip with p = 0.5 of image and label maps, and the normals' x
   component is negated (the flip mirrors the scene; nyuv2.md §1.3).
