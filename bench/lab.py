@@ -15,9 +15,11 @@ the one-epoch shortcut speed), and trains every victim on the release and on a c
   `mtlue train` has no weight-decay option, so it keeps its 1e-4);
 - `small_cnn`, `sgd_resnet8`: mtlue's own demo victims (`plain` and `sgd` profiles of pipelines/digits.toml).
 
-A cell (setting, victim) is stored in LAB/cells/<key>.json, its key a digest of every input (source spec,
-setting, victim, epochs, seed, the mtlue version of the protect code); a rerun reuses the cells that exist,
-so adding a setting or a victim runs only the new cells. --quick trains victims 3 epochs (15 → 6 for
+A release is reused while its setting and the protection code (mtlue/protect, data, store, models, augment,
+attacks: file digests, committed or not) are unchanged; a cell (release, victim) is stored in
+LAB/cells/<key>.json, its key a digest of every input (the release's and the clean store's shard checksums,
+victim, epochs, seed, the victim's code), so a rerun reuses every cell that exists and adding a setting or a
+victim runs only the new cells. --quick trains victims 3 epochs (15 → 6 for
 resnet18) and skips the shortcut-speed diagnostic: for iteration, not for reporting.
 Prints the table (retained learnability, diagnostics, cost) and writes it as a results/ JSON when asked.
 """
@@ -64,13 +66,35 @@ def digest(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def code_version() -> str:
-    """HEAD's tree of mtlue/ (cells computed with other protection code are not reused)."""
-    try:
-        return subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD:mtlue"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+def code_version(*paths: str) -> str:
+    """Digest of the working tree's files under `paths` (relative to the repository): a cached result is
+    reused only while the code that produced it is unchanged, committed or not."""
+    digest_ = hashlib.sha256()
+    for path in paths:
+        full = os.path.join(ROOT, path)
+        files = [full] if os.path.isfile(full) else sorted(
+            os.path.join(d, f) for d, _, names in os.walk(full) for f in names if f.endswith(".py"))
+        for name in files:
+            digest_.update(os.path.relpath(name, ROOT).encode())
+            with open(name, "rb") as fh:
+                digest_.update(fh.read())
+    return digest_.hexdigest()[:16]
+
+
+PROTECT_CODE = ("mtlue/protect", "mtlue/data", "mtlue/store", "mtlue/models", "mtlue/augment.py",
+                "mtlue/dense_augment.py", "mtlue/attacks")
+MTLUE_CODE = ("mtlue",)
+
+
+def release_id(store: str) -> str:
+    """The store's shard checksums: a victim cell depends on the bytes it trains on, not on how they were made."""
+    with open(os.path.join(store, "manifest.json")) as fh:
+        manifest = json.load(fh)
+    return digest([s.get("sha256") for split in manifest.get("splits", {}).values() for s in split.get("shards", [])])
+
+
+def victim_code(victim: str) -> str:
+    return code_version("bench/independent_victim.py") if victim.startswith("indep") else code_version(*MTLUE_CODE)
 
 
 def run(cmd: list, log) -> float:
@@ -83,7 +107,7 @@ def run(cmd: list, log) -> float:
 
 
 def protect(source: str, setting: dict, lab: str, log) -> tuple:
-    store = os.path.join(lab, "stores", digest(source, setting, code_version()))
+    store = os.path.join(lab, "stores", digest(source, setting, code_version(*PROTECT_CODE)))
     timing = store + ".seconds"
     if not os.path.isfile(os.path.join(store, "manifest.json")) or not os.path.isfile(timing):
         shutil.rmtree(store, ignore_errors=True)
@@ -185,22 +209,22 @@ def main(argv=None) -> int:
     lab = args.lab_dir
     clean = clean_store(args.source, lab, log)
     epochs = QUICK_EPOCHS if args.quick else EPOCHS
-    version = code_version()
     rows = []
     for text in args.setting:
         setting = parse_setting(text)
         store, cost = protect(args.source, setting, lab, log)
-        diag = cached(os.path.join(lab, "cells", digest("diag", args.source, setting, args.quick, version) + ".json"),
+        release = release_id(store)
+        diag = cached(os.path.join(lab, "cells", digest("diag", release, args.quick,
+                                                        code_version("mtlue/diagnostics.py")) + ".json"),
                       lambda: diagnostics_of(args.source, store, float(setting["epsilon"]), args.quick))
         for victim in victims:
             def reference():
                 log(f"clean victim {victim}")
                 return victim_scores(victim, clean, clean, epochs[victim],
-                                     os.path.join(lab, "cells", digest("clean", args.source, victim, epochs[victim],
-                                                                       args.seed) + ".out"), log)
-            clean_scores = cached(os.path.join(lab, "cells", digest("clean", args.source, victim, epochs[victim],
-                                                                    args.seed) + ".json"), reference)
-            key = digest("cell", args.source, setting, victim, epochs[victim], args.seed, version)
+                                     os.path.join(lab, "cells", clean_key + ".out"), log)
+            clean_key = digest("clean", release_id(clean), victim, epochs[victim], args.seed, victim_code(victim))
+            clean_scores = cached(os.path.join(lab, "cells", clean_key + ".json"), reference)
+            key = digest("cell", release, release_id(clean), victim, epochs[victim], args.seed, victim_code(victim))
 
             def protected_cell():
                 log(f"victim {victim} on {text}")
