@@ -54,12 +54,12 @@ def test_the_em_surrogate_trains_one_pass_per_generator_pass_by_default(tmp_path
 
 
 def test_run_set_changes_one_recipe_key_and_names_the_run_after_it():
-    recipe = load_recipe(PHOTOS_RECIPE, None, ["protect.base=tap", "victims.seeds=[0]", "seed=3"])
-    assert recipe.protect["base"] == "tap" and recipe.victims["seeds"] == [0] and recipe.seed == 3
-    assert recipe.name == "photos-base=tap-seeds=0-seed=3"
-    assert load_recipe(PHOTOS_RECIPE, "mine", ["protect.base=sep"]).name == "mine"
+    recipe = load_recipe(PHOTOS_RECIPE, None, ["protect.period=4", "victims.seeds=[0]", "seed=3"])
+    assert recipe.protect["period"] == 4 and recipe.victims["seeds"] == [0] and recipe.seed == 3
+    assert recipe.name == "photos-period=4-seeds=0-seed=3"
+    assert load_recipe(PHOTOS_RECIPE, "mine", ["protect.period=16"]).name == "mine"
     plain = load_recipe(PHOTOS_RECIPE)
-    assert plain.protect["base"] == "em" and plain.name == "photos"
+    assert plain.protect["method"] == "texture" and "period" not in plain.protect and plain.name == "photos"
     with pytest.raises(ConfigError, match=r"no recipe section \[protekt\]"):
         load_recipe(PHOTOS_RECIPE, None, ["protekt.base=tap"])
     with pytest.raises(ConfigError, match="SECTION.KEY=VALUE"):

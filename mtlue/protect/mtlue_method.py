@@ -23,7 +23,8 @@ from mtlue.errors import ConfigError
 from mtlue.models.generator import build_generator, load_generator, resolve_stem, save_generator
 from mtlue.models.mtl import atomic_torch_save, checkpoint_errors, load_torch_file
 from mtlue.protect.base import stop_report, ProtectionMethod, ProtectContext
-from mtlue.dense_augment import LabelAwareEOT, dense_flips_allowed, has_dense_tasks
+from mtlue.dense_augment import LabelAwareEOT, has_dense_tasks
+from mtlue.protect.eot import augmented, make_augment, resolve_augment, robust_eot  # noqa: F401 (resolve_augment re-exported)
 from mtlue.protect.objectives import base_loss
 from mtlue.protect.robust import RULES as ROBUST_RULES
 from mtlue.protect.robust import check_robust_for
@@ -41,47 +42,6 @@ DENSE_RULES = {"embedding": "label-map module, no regulariser", "eot": "label-aw
 REGULARISER_NOTE = ("λ_intra·L_intra + λ_inter·L_inter is added to the base loss of each of the regulariser_scale "
                     "surrogates (SEP: its checkpoints, as the reference backpropagates it with every checkpoint), "
                     "so the effective weights are regulariser_scale × λ")
-
-
-def resolve_augment(kind: str, tasks) -> str:
-    """The EOT augmentation in force: `auto` is the attacker's standard augmentation for these tasks,
-    random crop plus a horizontal flip when every task's label survives one (mtlue.augment's rule; with
-    dense tasks the label-aware EOT flips their maps along, `dense_flips_allowed`)."""
-    if kind != "auto":
-        return kind
-    return "crop_flip" if tasks and dense_flips_allowed(tasks) else "crop"
-
-
-def make_augment(kind: str, image_shape):
-    """EOT before the surrogate for image-level tasks: the victims' standard augmentation itself
-    (`mtlue.augment.standard_augmentation`: the same kornia crop, or random-resized crop from 96 px, with the
-    flip only for crop_flip), so the generator optimises against the attacker's own transformations."""
-    from mtlue.augment import standard_augmentation
-
-    if kind == "none":
-        return torch.nn.Identity()
-    return standard_augmentation(image_shape, flip=kind == "crop_flip")
-
-
-def augmented(augment, x: torch.Tensor, labels: dict, parallel=None) -> tuple[torch.Tensor, dict]:
-    """(aug(x), labels) for the image-only EOT; the label-aware one moves dense label maps along.
-    Under torchrun (`parallel`) the random draws are those of the whole global batch, as in one process."""
-    if isinstance(augment, torch.nn.Identity):  # --augment none: nothing drawn, nothing to place
-        return x, labels
-    if parallel is not None:
-        return parallel.on_global_batch(lambda xs, ls: augmented(augment, xs, ls), x, labels)
-    if isinstance(augment, LabelAwareEOT):
-        return augment(x, labels)
-    return augment(x), labels
-
-
-def robust_eot(names: tuple, eps: float):
-    """The RobustEOT of `--robust` (None without defenses in the loop); `prepare` has checked the names."""
-    if not names:
-        return None
-    from mtlue.protect.robust import RobustEOT
-
-    return RobustEOT(names, eps)
 
 
 class MTLUEMethod(ProtectionMethod):
