@@ -90,7 +90,7 @@ def test_task_names_that_are_module_attributes_work(tmp_path):
     (data / "labels.csv").write_text("\n".join(lines) + "\n")
     runner = CliRunner()
     store = str(tmp_path / "P")
-    result = runner.invoke(cli.main, ["protect", f"folder:{data}", store, "--epochs", "1", "--batch-size", "8",
+    result = runner.invoke(cli.main, ["protect", f"folder:{data}", store, "--method", "mtlue", "--epochs", "1", "--batch-size", "8",
                                       "--generator-width", "8", "--surrogate-epochs", "1", "--device", "cpu", "--quiet"])
     assert result.exit_code == 0, result.output
     result = runner.invoke(cli.main, ["train", store, "--test", f"folder:{data}", "--backbone", "small_cnn",
@@ -100,7 +100,7 @@ def test_task_names_that_are_module_attributes_work(tmp_path):
     assert os.path.isfile(tmp_path / "victim" / "metrics.json")
 
 
-PROTECT_FAST = ["--epochs", "1", "--batch-size", "16", "--generator-width", "8", "--samples-per-epoch", "32",
+PROTECT_FAST = ["--method", "mtlue", "--epochs", "1", "--batch-size", "16", "--generator-width", "8", "--samples-per-epoch", "32",
                 "--device", "cpu", "--quiet"]
 
 

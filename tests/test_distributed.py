@@ -163,7 +163,7 @@ def test_two_ranks_write_the_shards_one_process_writes_and_a_killed_rank_resumes
 
     two = str(tmp_path / "two")  # the command a user runs: torchrun starting `python -m mtlue` twice
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           "-m", "mtlue", "protect", SPEC, two, "--generator", generator_path, "--batch-size", "16",
+                           "-m", "mtlue", "protect", SPEC, two, "--method", "mtlue", "--generator", generator_path, "--batch-size", "16",
                            "--shard-size", "32", "--quiet"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("protected 160 train samples") == 1  # rank 0 alone reports

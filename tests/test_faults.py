@@ -85,7 +85,7 @@ def older_store(case_dir: Path) -> None:
     export_source(open_source("shapes:n=40,size=16,seed=2"), str(case_dir / "S"), shard_size=16, progress=False)
 
 
-PROTECT_ARGS = ("protect", SPEC, "P", "--epochs", "2", "--batch-size", "16", "--generator-width", "8",
+PROTECT_ARGS = ("protect", SPEC, "P", "--method", "mtlue", "--epochs", "2", "--batch-size", "16", "--generator-width", "8",
                 "--samples-per-epoch", "64", "--shard-size", "16", "--device", "cpu", "--quiet")
 RUN_ARGS = ("run", "tiny.toml", "--runs-dir", "R", "--device", "cpu", "--jobs", "1", "--quiet")
 COMMANDS = {

@@ -142,7 +142,7 @@ def test_a_crafted_generator_state_in_the_work_dir_runs_no_code(tmp_path):
 def test_a_crafted_generator_file_gives_a_one_line_error_and_runs_no_code(tmp_path):
     marker = tmp_path / "code-ran"
     generator = crafted_checkpoint(tmp_path / "generator.pt", marker)
-    result = CliRunner().invoke(main, ["protect", SPEC, str(tmp_path / "P"), "--generator", str(generator),
+    result = CliRunner().invoke(main, ["protect", SPEC, str(tmp_path / "P"), "--method", "mtlue", "--generator", str(generator),
                                        "--generator-width", "8", "--quiet", "--device", "cpu"])
     assert result.exit_code == 1, result.output
     assert isinstance(result.exception, SystemExit)  # a reported error, not a traceback

@@ -113,8 +113,12 @@ def test_a_given_generator_with_another_stem_is_a_config_error(tmp_path, source)
     assert given["protection"]["generator_stem"] == "imagenet"  # auto takes the checkpoint's
 
 
-@pytest.mark.parametrize("recipe", sorted(p.name for p in PIPELINES.glob("*.toml")))
-def test_every_recipe_names_its_stem_with_a_reason(recipe):
+GENERATOR_RECIPES = sorted(p.name for p in PIPELINES.glob("*.toml")
+                           if tomllib.loads(p.read_text())["protect"].get("method", "texture") == "mtlue")
+
+
+@pytest.mark.parametrize("recipe", GENERATOR_RECIPES)
+def test_every_generator_recipe_names_its_stem_with_a_reason(recipe):
     text = (PIPELINES / recipe).read_text()
     stem = tomllib.loads(text)["protect"].get("generator_stem")
     assert stem in ("cifar", "imagenet"), recipe

@@ -220,7 +220,7 @@ def test_cli_protect_writes_a_store_and_refuses_to_clobber_it(tmp_path):
     from cli import main
 
     store = tmp_path / "P"
-    args = ["protect", SPEC, str(store), "--base", "em", "--epochs", "1", "--generator-width", "8",
+    args = ["protect", SPEC, str(store), "--method", "mtlue", "--base", "em", "--epochs", "1", "--generator-width", "8",
             "--batch-size", "16", "--samples-per-epoch", "16", "--quiet", "--device", "cpu"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output

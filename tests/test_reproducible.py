@@ -70,7 +70,7 @@ def test_two_identical_protections_and_their_releases_write_the_same_bytes(tmp_p
 
 def test_two_identical_generator_protections_write_the_same_bytes(tmp_path):
     """MTL-UE's generator checkpoints (torch.save) and run record too."""
-    stores = twice(tmp_path, "protect", SPEC, "--epochs", "1", "--batch-size", "16", "--generator-width", "8",
+    stores = twice(tmp_path, "protect", SPEC, "--method", "mtlue", "--epochs", "1", "--batch-size", "16", "--generator-width", "8",
                    "--samples-per-epoch", "32", "--surrogate-epochs", "1", "--device", "cpu", "--quiet")
     assert_same_trees(*stores)
     assert os.path.isfile(os.path.join(stores[0] + ".work", "generator.pt"))

@@ -103,8 +103,9 @@ def test_cli_refuses_unknown_robust_names_gray_on_one_channel_and_other_methods(
     from cli import main
 
     runner = CliRunner()
-    for args, message in ((["--robust", "jpeg,blur"], "--robust 'blur': unknown"),
-                          (["--robust", "gray", "--epochs", "1"], "--robust gray: the source's images have 1"),
+    for args, message in ((["--method", "mtlue", "--robust", "jpeg,blur"], "--robust 'blur': unknown"),
+                          (["--method", "mtlue", "--robust", "gray", "--epochs", "1"],
+                           "--robust gray: the source's images have 1"),
                           (["--method", "lsp", "--robust", "jpeg"], "--robust applies to --method mtlue, not lsp")):
         result = runner.invoke(main, ["protect", "digits", str(tmp_path / "S"), "--quiet", *args])
         assert result.exit_code != 0 and message in result.output, result.output
