@@ -50,6 +50,7 @@ def main(argv=None) -> int:
     parser.add_argument("--wall-s", type=float, default=None)
     parser.add_argument("--machine", default=f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU")
     parser.add_argument("--status", action="store_true", help="feed the README status table")
+    parser.add_argument("--budget-out", default=None, help="also write the budget curve as its own results JSON")
     args = parser.parse_args(argv)
     with open(os.path.join(args.run_dir, "report", "report.json")) as fh:
         report = json.load(fh)
@@ -80,10 +81,24 @@ def main(argv=None) -> int:
         payload["status_columns"] = ["profile", "weighting", "defense", "worst", "result"]
     if extra:
         payload["extra"] = extra
-    with open(args.out, "w") as fh:
+    write(args.out, payload)
+    if args.budget_out and extra.get("budget"):
+        curve = extra["budget"]
+        smallest = curve["smallest_passing_epsilon"]
+        write(args.budget_out, {
+            "title": f"The budget {os.path.basename(os.path.normpath(args.run_dir))} needs: the recipe at each ε",
+            "command": args.command, "commit": commit, "machine": args.machine, "date": payload["date"],
+            "wall_s": args.wall_s, "table": {"columns": curve["columns"], "rows": curve["rows"]},
+            "notes": [f"Smallest passing ε: {smallest}/255 ({curve['rule']})." if smallest is not None
+                      else "No listed ε passes.", "PSNR and SSIM: stored train images against the clean ones."],
+            **({"status_columns": curve["columns"]} if args.status else {})})
+
+
+def write(path: str, payload: dict) -> None:
+    with open(path, "w") as fh:
         json.dump(payload, fh, indent=1, ensure_ascii=False)
         fh.write("\n")
-    print(f"{args.out}: {len(payload['table']['rows'])} rows")
+    print(f"{path}: {len(payload['table']['rows'])} rows")
     return 0
 
 
