@@ -78,6 +78,11 @@ def test_budget_command_writes_the_curve_and_each_store_records_its_place(tmp_pa
     manifest = json.loads((budget_dir / "eps-32" / "store" / "manifest.json").read_text())
     assert manifest["budget"]["epsilon"] == 32
     assert "this release uses ε = 32/255" in placement_line(manifest["budget"])
+    release = CliRunner().invoke(main, ["release", str(budget_dir / "eps-32" / "store"), str(tmp_path / "rel"),
+                                        "--format", "imagefolder"])
+    assert release.exit_code == 0, release.output
+    card = (tmp_path / "rel" / "README.md").read_text()
+    assert "## Budget" in card and "This release uses ε = 32/255" in card  # the dataset card places its ε
     again = CliRunner().invoke(main, ["budget", str(recipe), "--epsilons", "4,32", "--runs-dir", str(runs),
                                       "--jobs", "1", "--quiet"])
     assert again.exit_code == result.exit_code and "[victims] skipped" in again.output
