@@ -19,7 +19,6 @@ import os
 
 import numpy as np
 
-from mtlue.recipe import parse_epsilons  # noqa: F401  (re-exported: the CLI parses --epsilons with it)
 from mtlue.jsonio import write_json
 from mtlue.stages import read_json
 from mtlue.store import update_manifest

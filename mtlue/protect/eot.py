@@ -22,8 +22,6 @@ def make_augment(kind: str, image_shape):
     """EOT before the surrogate for image-level tasks: the victims' standard augmentation itself
     (`mtlue.augment.standard_augmentation`: the same kornia crop, or random-resized crop from 96 px, with the
     flip only for crop_flip), so the generator optimises against the attacker's own transformations."""
-    from mtlue.augment import standard_augmentation
-
     if kind == "none":
         return torch.nn.Identity()
     return standard_augmentation(image_shape, flip=kind == "crop_flip")
