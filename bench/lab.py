@@ -27,6 +27,7 @@ Prints the table (retained learnability, diagnostics, cost) and writes it as a r
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -66,6 +67,7 @@ def digest(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
+@functools.lru_cache(maxsize=None)
 def code_version(*paths: str) -> str:
     """Digest of the working tree's files under `paths` (relative to the repository): a cached result is
     reused only while the code that produced it is unchanged, committed or not."""
@@ -154,14 +156,13 @@ def scores_from_history(metrics: dict) -> dict:
 
 
 def retained(clean: dict, protected: dict) -> dict:
-    per_task, kept_total, gain_total = {}, 0.0, 0.0
-    for name, ref in clean.items():
-        gain = ref["score"] - ref["chance"]
-        kept = protected[name]["score"] - ref["chance"]
-        per_task[name] = round(kept / gain, 3) if gain > 0 else None
-        if gain > 0:
-            kept_total, gain_total = kept_total + kept, gain_total + gain
-    return {"weighted": round(kept_total / gain_total, 3) if gain_total > 0 else None, "per_task": per_task}
+    """The independent victim's retained learnability (one definition, bench/independent_victim.py), rounded."""
+    sys.path.insert(0, HERE)
+    from independent_victim import retained as kept
+
+    found = kept(clean, protected)
+    return {"weighted": None if found["weighted"] is None else round(found["weighted"], 3),
+            "per_task": {n: None if v is None else round(v, 3) for n, v in found["per_task"].items()}}
 
 
 def cached(path: str, compute):

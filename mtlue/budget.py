@@ -47,20 +47,11 @@ def image_quality(clean_images: np.ndarray, stored_images: np.ndarray) -> dict:
             "ssim": float(ssim(stored, clean, max(3, window)).mean()), "samples": int(len(clean))}
 
 
-def aligned_train_images(store_dir: str, source, count: int) -> tuple:
-    """The first `count` stored train images and the clean images with the same global indices."""
-    from mtlue.data import open_source
-
-    protected = open_source(store_dir)
-    count = min(count, protected.size("train"))
-    stored = next(protected.batches("train", count, 0, count))
-    position = {int(i): p for p, i in enumerate(source.index_array("train"))}
-    clean = np.stack([source.get("train", position[int(i)]).image for i in stored.index])
-    return clean, stored.images
-
-
 def curve_point(epsilon, run_dir: str, source) -> dict:
     """One ε: the verdict, worst no-defense learnability per profile, and image quality."""
+    from mtlue.data import open_source
+    from mtlue.diagnostics import aligned_train
+
     report = read_json(os.path.join(run_dir, "report", "report.json"))
     profiles = {}
     for group in report.get("groups", []):
@@ -68,10 +59,10 @@ def curve_point(epsilon, run_dir: str, source) -> dict:
             continue
         name = group["profile"]
         profiles[name] = max(profiles.get(name, -np.inf), float(group["worst"]))
-    clean, stored = aligned_train_images(os.path.join(run_dir, "store"), source, QUALITY_SAMPLES)
+    stored, clean = aligned_train(open_source(os.path.join(run_dir, "store")), source, QUALITY_SAMPLES)
     return {"epsilon": epsilon, "run": run_dir, "verdict": report.get("verdict"),
             "worst_learnability": max(profiles.values()) if profiles else None,
-            "profiles": profiles, "quality": image_quality(clean, stored),
+            "profiles": profiles, "quality": image_quality(clean, stored.images),
             "max_learnability": (report.get("rules") or {}).get("max_learnability")}
 
 
@@ -217,13 +208,16 @@ def plot_samples(result: dict, source, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = []
-    clean = None
-    for point in result["points"]:
-        clean_images, stored = aligned_train_images(os.path.join(point["run"], "store"), source, SAMPLE_COLUMNS)
-        clean = clean_images if clean is None else clean
-        rows.append((f"ε {eps_label(point['epsilon'])}", stored))
-    rows.insert(0, ("clean", clean))
+    from mtlue.data import open_source
+
+    # every ε's store holds the same train indices in the same order: the first images line up
+    stores = [open_source(os.path.join(point["run"], "store")) for point in result["points"]]
+    first = [next(store.batches("train", SAMPLE_COLUMNS, 0, min(SAMPLE_COLUMNS, store.size("train"))))
+             for store in stores]
+    position = {int(i): p for p, i in enumerate(source.index_array("train"))}
+    clean = np.stack([source.get("train", position[int(i)]).image for i in first[0].index])
+    rows = [("clean", clean)] + [(f"ε {eps_label(point['epsilon'])}", batch.images)
+                                 for point, batch in zip(result["points"], first)]
     fig, axes = plt.subplots(len(rows), SAMPLE_COLUMNS, figsize=(1.4 * SAMPLE_COLUMNS, 1.4 * len(rows)), squeeze=False)
     for r, (label, images) in enumerate(rows):
         for c in range(SAMPLE_COLUMNS):

@@ -26,6 +26,7 @@ import torch
 
 from mtlue.data.base import Source
 from mtlue.errors import SourceError
+from mtlue.metrics import balanced_accuracy
 
 PROBE_SAMPLES = 4096  # samples read for the probe and the variance statistic (the first ones of the split)
 PROBE_HELD_OUT = 0.25  # share of them the probe is scored on
@@ -41,8 +42,7 @@ def _classification_tasks(tasks) -> list:
 def _normalised_score(task, labels: np.ndarray, preds: np.ndarray, train_labels: np.ndarray) -> float:
     """(score − chance) / (1 − chance): balanced accuracy for binary tasks, accuracy for multiclass."""
     if task.kind == "binary":
-        recalls = [np.mean(preds[labels == c] == c) for c in (0, 1) if np.any(labels == c)]
-        score, chance = float(np.mean(recalls)), 0.5
+        score, chance = balanced_accuracy(labels, preds), 0.5
     else:
         score = float(np.mean(preds == labels))
         majority = np.bincount(train_labels.astype(np.int64), minlength=task.num_classes).argmax()
@@ -50,15 +50,20 @@ def _normalised_score(task, labels: np.ndarray, preds: np.ndarray, train_labels:
     return (score - chance) / (1.0 - chance) if chance < 1.0 else 0.0
 
 
-def read_deltas(protected: Source, clean: Source, limit: int = PROBE_SAMPLES) -> dict:
-    """The first `limit` train samples of both: δ (float32, 1/255 units), clean bytes, labels and masks."""
+def aligned_train(protected: Source, clean: Source, limit: int) -> tuple:
+    """(the first `limit` stored train samples as a Batch, the clean uint8 images with the same global indices)."""
     count = min(limit, protected.size("train"))
     stored = next(protected.batches("train", count, 0, count))
     position = {int(i): p for p, i in enumerate(clean.index_array("train"))}
     missing = [int(i) for i in stored.index if int(i) not in position]
     if missing:
         raise SourceError(f"diagnostics: train index {missing[0]} of the store is not in the clean source's train split")
-    original = np.stack([clean.get("train", position[int(i)]).image for i in stored.index])
+    return stored, np.stack([clean.get("train", position[int(i)]).image for i in stored.index])
+
+
+def read_deltas(protected: Source, clean: Source, limit: int = PROBE_SAMPLES) -> dict:
+    """The first `limit` train samples of both: δ (float32, 1/255 units), clean bytes, labels and masks."""
+    stored, original = aligned_train(protected, clean, limit)
     delta = stored.images.astype(np.float32) - original.astype(np.float32)
     return {"delta": delta, "clean": original, "labels": stored.labels, "masks": stored.masks}
 
@@ -187,7 +192,8 @@ def _split_arrays(source: Source, split: str, limit: int) -> dict:
     return {"images": batch.images, "labels": batch.labels, "masks": batch.masks}
 
 
-def shortcut_speed(protected: Source, clean: Source, tasks, device, seed: int = 0, limit: int | None = None) -> dict:
+def shortcut_speed(protected: Source, clean: Source, tasks, device, deltas: dict, seed: int = 0,
+                   limit: int | None = None) -> dict:
     """One-epoch small_cnn victims: fit of the release vs clean test after clean training (see module doc)."""
     tasks = _classification_tasks(tasks)
     if limit is None:
@@ -198,7 +204,6 @@ def shortcut_speed(protected: Source, clean: Source, tasks, device, seed: int = 
     clean_test = _split_arrays(clean, "test", limit)
     on_release = _one_epoch_victim(release["images"], release["labels"], release["masks"], tasks, device, seed)
     on_clean = _one_epoch_victim(clean_train["images"], clean_train["labels"], clean_train["masks"], tasks, device, seed)
-    deltas = read_deltas(protected, clean, min(limit, PROBE_SAMPLES))
     delta_only = np.clip(0.5 + deltas["delta"] / 255.0, 0.0, 1.0)
     as_float = lambda images: images.astype(np.float32) / 255.0  # noqa: E731
     train_labels = release["labels"]
@@ -228,7 +233,7 @@ def diagnose(protected: Source, clean: Source, epsilon: float, device=None, seed
         "skipped": [t.name for t in tasks if t.kind not in ("binary", "multiclass")],
     }
     if speed:
-        report["shortcut_speed"] = shortcut_speed(protected, clean, tasks, device, seed)
+        report["shortcut_speed"] = shortcut_speed(protected, clean, tasks, device, deltas, seed)
     return report
 
 

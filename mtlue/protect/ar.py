@@ -54,6 +54,10 @@ class ARMethod(ClasswiseMethod):
     name = "ar"
     l2_rule = "1.0 on the [0,1] scale over the whole image (AR paper, independent of image size)"
 
+    def __init__(self, config):
+        super().__init__(config)
+        self.filters: dict = {}  # task name -> (task position, (classes, channels, 8) filters)
+
     def default_l2(self, image_shape: tuple) -> float:
         return TARGET_L2
 
@@ -61,7 +65,7 @@ class ARMethod(ClasswiseMethod):
         height, width, channels = image_shape
         rng = self.task_generator(position)
         filters = random_filters(task.num_classes, channels, rng)
-        self.filters = {**getattr(self, "filters", {}), task.name: (position, filters)}
+        self.filters[task.name] = (position, filters)
         return unit_l2(autoregressive_fields(filters, height, width, rng))
 
     def delta_for(self, labels: dict, masks: dict, index=None) -> np.ndarray:
@@ -77,8 +81,7 @@ class ARMethod(ClasswiseMethod):
             if name not in self.protected:
                 chosen[name] = self.table.task_patterns(name, labels[name], masks[name], False)
                 continue
-            classes = np.where(present, np.rint(np.asarray(labels[name], dtype=np.float64)).astype(np.int64), 0)
-            self.table.task_patterns(name, labels[name], masks[name], True)  # checks the labels' range
+            classes = self.table.class_indices(name, labels[name], present)
             noise = np.stack([self.sample_generator(position, i).standard_normal((channels, height + BORDER,
                                                                                     width + BORDER))
                               for i in np.asarray(index)])

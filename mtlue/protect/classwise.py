@@ -75,15 +75,21 @@ class PatternTable:
         if not protected:
             chosen = np.broadcast_to(table.mean(axis=0), (count,) + self.image_shape).copy()
         else:
-            classes = np.rint(np.asarray(labels, dtype=np.float64)).astype(np.int64).reshape(count)
-            bad = present & ((classes < 0) | (classes >= len(table)))
-            if bad.any():
-                where = int(np.nonzero(bad)[0][0])
-                raise ProtectionError(f"task {name!r}: label {int(classes[where])} at batch position {where} is "
-                                      f"outside 0..{len(table) - 1}")
-            chosen = table[np.where(present, classes, 0)]
+            chosen = table[self.class_indices(name, labels, present)]
         chosen[~present] = 0.0
         return chosen
+
+    def class_indices(self, name: str, labels: np.ndarray, present: np.ndarray) -> np.ndarray:
+        """Each sample's class of task `name` (0 where its label is missing); ProtectionError naming the task
+        and batch position of a label outside the table."""
+        count = len(labels)
+        classes = np.rint(np.asarray(labels, dtype=np.float64)).astype(np.int64).reshape(count)
+        bad = present & ((classes < 0) | (classes >= len(self.patterns[name])))
+        if bad.any():
+            where = int(np.nonzero(bad)[0][0])
+            raise ProtectionError(f"task {name!r}: label {int(classes[where])} at batch position {where} is "
+                                  f"outside 0..{len(self.patterns[name]) - 1}")
+        return np.where(present, classes, 0)
 
     def fuse(self, labels: dict, masks: dict, fusion: str, protected: tuple, owner: np.ndarray | None = None) -> np.ndarray:
         """Fused pattern (N,H,W,C) float32 for label/mask arrays keyed by task name (see module doc)."""
